@@ -1,0 +1,59 @@
+"""Configs for the data path: where text comes from, how it is tokenized, where shards live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SourceConfig:
+    kind: str = "stdlib"
+    """stdlib (the running Python's standard library .py files; offline everywhere) | text | jsonl | parquet | hf."""
+    paths: list[str] = field(default_factory=list)
+    """Glob patterns of local files, for text / jsonl / parquet."""
+    text_field: str = "text"
+    """Field holding a document's text, for jsonl / parquet / hf."""
+    hf_path: str = ""
+    """Hugging Face dataset name, e.g. HuggingFaceFW/fineweb-edu (kind=hf)."""
+    hf_name: str | None = None
+    """Hugging Face dataset config name (kind=hf)."""
+    split: str = "train"
+    """Hugging Face split (kind=hf)."""
+    streaming: bool = True
+    """Stream a Hugging Face dataset instead of downloading it whole (kind=hf)."""
+    max_docs: int | None = None
+    """Stop after this many documents (None: the whole source)."""
+
+
+@dataclass
+class TokenizerConfig:
+    name: str = "bpe"
+    """bpe (a byte-level BPE trained on the corpus and saved as .tiktoken) | a tiktoken encoding: gpt2, cl100k_base, o200k_base."""
+    vocab_size: int = 8192
+    """Vocabulary size of a trained BPE, special tokens included."""
+    path: str = "${data.dir}/tokenizer"
+    """Where a trained BPE is saved and loaded from (a .tiktoken file plus a JSON beside it)."""
+    train_bytes: int = 20_000_000
+    """How many bytes of the corpus the BPE trainer reads."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "stdlib"
+    """Dataset name, for run names and reports."""
+    dir: str = "${oc.env:DIFFV2_DATA,.cache/data}/${data.name}-${data.tokenizer.name}${data.tokenizer.vocab_size}"
+    """Directory of the token shards and their manifest."""
+    source: SourceConfig = field(default_factory=SourceConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    shard_tokens: int = 2_000_000
+    """Tokens per shard file."""
+    val_fraction: float = 0.01
+    """Fraction of documents held out for validation (chosen by a hash of the document index)."""
+    num_workers: int = 0
+    """Tokenizer worker processes for prepare; 0 = all cores."""
+    prefetch: int = 2
+    """Batches the loader prepares ahead in a background thread."""
+    allow_fingerprint_mismatch: bool = False
+    """Resume even if the checkpoint's dataset fingerprint differs from the shards on disk."""
+    prepare_if_missing: bool = True
+    """Training prepares the dataset (and tokenizer) when its manifest is missing."""

@@ -1,0 +1,52 @@
+"""How a training job is started: torchrun on one node, many nodes, or through SLURM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SlurmConfig:
+    partition: str | None = None
+    """SLURM partition (required for launch=slurm)."""
+    account: str | None = None
+    """SLURM account."""
+    qos: str | None = None
+    """SLURM quality of service."""
+    time_min: int = 60
+    """Wall-clock limit per job, in minutes."""
+    gpus_per_node: int = 8
+    """GPUs requested per node; also the torchrun nproc_per_node."""
+    cpus_per_task: int = 16
+    """CPUs per node's task (one torchrun agent per node)."""
+    mem_gb: int | None = None
+    """Memory per node in GiB (None: the partition's default)."""
+    signal_delay_s: int = 120
+    """Seconds before the time limit at which SLURM sends USR1 (checkpoint, then requeue)."""
+    max_requeue: int = 3
+    """How many times a pre-empted or timed-out job is requeued."""
+    executor: str = "slurm"
+    """submitit executor: slurm | local (runs the same job here without a cluster, for tests)."""
+    folder: str = "${run.dir}/slurm"
+    """Where submitit writes scripts and logs."""
+
+
+@dataclass
+class LaunchConfig:
+    kind: str = "local"
+    """local | multinode | slurm."""
+    nnodes: int = 1
+    """Number of nodes (torchrun agents)."""
+    nproc_per_node: str = "auto"
+    """Ranks per node: an integer, or auto (the GPUs present, else 1)."""
+    node_rank: int | None = None
+    """This node's rank (multinode); None: from SLURM_NODEID or 0."""
+    rdzv_backend: str = "c10d"
+    """torchrun rendezvous backend."""
+    rdzv_endpoint: str = "127.0.0.1:29500"
+    """host:port of the rendezvous (multinode); from SLURM's first node when under SLURM."""
+    rdzv_id: str = "${run.name}"
+    """Rendezvous id shared by all agents of one job."""
+    max_restarts: int = 0
+    """torchrun restarts of the worker group after a failure (each resumes from the last checkpoint)."""
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)

@@ -1,0 +1,133 @@
+"""The run's typed schema. Hydra composes conf/ onto it; unknown keys and wrong types fail at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from data.config import DataConfig
+from launch.config import LaunchConfig
+from model.config import ModelConfig
+
+
+@dataclass
+class RunInfo:
+    name: str = "${model.name}-${model.attention}"
+    """Run name: names the run directory and the wandb run."""
+    dir: str = "runs/${run.name}"
+    """Run directory, shared by all ranks: config, metrics.jsonl, checkpoints, wandb files."""
+    seed: int = 0
+    """Seed of the model init, data order and dropout-free RNG streams."""
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 300
+    """Optimizer steps to train for."""
+    seq_len: int = 256
+    """Tokens per training sequence."""
+    global_batch_tokens: int = 16384
+    """Tokens per optimizer step across all ranks; must be a multiple of seq_len * micro_batch * world size."""
+    micro_batch: int = 16
+    """Sequences per rank per forward/backward; gradient accumulation makes up the rest."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0: no clipping)."""
+    device: str = "auto"
+    """auto (cuda when present, else cpu) | cpu | cuda."""
+    log_interval: int = 10
+    """Steps between metric lines."""
+    eval_interval: int = 100
+    """Steps between validation losses (0: only at the end)."""
+    eval_batches: int = 8
+    """Micro-batches per rank in one validation pass."""
+    diag_interval: int = 50
+    """Steps between DIFF diagnostics (lambda stats, activation maxima, context RMS, qk-logits, sink mass)."""
+    spike_factor: float = 3.0
+    """A loss or grad norm above this multiple of its running median counts as a spike."""
+    detect_anomaly_nan: bool = True
+    """Stop on a NaN or inf loss (never checkpointed)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of lr (cosine, wsd)."""
+    schedule: str = "cosine"
+    """cosine (warmup + cosine) | wsd (warmup-stable-decay) | constant (after warmup)."""
+    warmup_steps: int = 20
+    """Linear warmup steps."""
+    decay_fraction: float = 0.2
+    """wsd: fraction of max_steps spent in the final decay."""
+    weight_decay: float = 0.1
+    """AdamW weight decay; not applied to norms, biases, embeddings or lambda parameters."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    fused: str = "auto"
+    """auto (fused AdamW on CUDA) | true | false."""
+
+
+@dataclass
+class ParallelConfig:
+    mode: str = "single"
+    """single | ddp | fsdp | hsdp."""
+    replicate: int = 1
+    """hsdp: size of the replicate dimension (shard dimension = world / replicate)."""
+    mixed_precision: str = "auto"
+    """auto (bf16 params + fp32 reduce on CUDA, fp32 on CPU) | bf16 | fp32."""
+    activation_checkpointing: str = "none"
+    """none | full | every_k."""
+    ac_every: int = 2
+    """every_k: checkpoint one block in this many."""
+    compile: bool = False
+    """torch.compile each block."""
+    backend: str = "auto"
+    """auto (nccl on CUDA, gloo on CPU) | nccl | gloo."""
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 100
+    """Steps between checkpoints (0: only at the end)."""
+    keep_last: int = 2
+    """Complete checkpoints kept; older ones are deleted."""
+    resume: str = "auto"
+    """auto (latest complete checkpoint in run.dir) | none | a checkpoint path."""
+    async_save: bool = False
+    """Save in the background on its own gloo process group."""
+    export_safetensors: bool = True
+    """At the end, export the model to one safetensors file plus its config."""
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"
+    """online | offline | disabled."""
+    project: str = "diffv2"
+    entity: str | None = None
+    group: str | None = None
+    """Runs of one sweep share a group."""
+    tags: list[str] = field(default_factory=list)
+    name: str | None = None
+    """Defaults to run.name."""
+
+
+@dataclass
+class RunConfig:
+    run: RunInfo = field(default_factory=RunInfo)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+
+def register_configs() -> None:
+    """Puts the schema in Hydra's ConfigStore as `run_config`, the first entry of conf/config.yaml's defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="run_config", node=RunConfig)
