@@ -39,10 +39,84 @@ class ModelConfig:
     attention: str = "diff_v2"
     """Attention variant: baseline | diff_v1 | diff_v2."""
     pairing: str = "grouped"
-    """DIFF V2 head pairing: grouped (adjacent heads 2j, 2j+1 share a GQA group) | cross_group (blog ablation 1)."""
+    """DIFF V2 head pairing: grouped (adjacent heads 2j, 2j+1 share a GQA group) | cross_group (heads j and
+    h + j, from different groups: blog ablation 1)."""
     lambda_mode: str = "sigmoid"
     """DIFF V2 lambda: sigmoid (spec) | none (attn1 - attn2, ablation 2) | linear (no sigmoid, ablation 3)."""
     attn_impl: str = "auto"
     """Attention kernel: auto (flash-attn on CUDA when installed, else SDPA) | sdpa | flash."""
     init_std: float = 0.02
     """Std of the normal init of weights; residual output projections are scaled by 1/sqrt(2 * n_layers)."""
+    baseline_head_factor: float = 1.0
+    """Baseline only: run round(factor * n_heads) heads of head_dim instead of n_heads, so one size preset
+    gives the blog's comparison baselines: 1.5 (parameter-matched to DIFF V2, ablation 4) and 2.0 (equal
+    query width, 2h heads). Must be 1.0 for the other variants."""
+    variant: str = "diff_v2"
+    """Attention preset name (the conf/attention file, e.g. baseline_2h, diff_v2_cross_group), for run names
+    and reports only: `attention` alone does not tell the ablations apart."""
+
+
+def _fail(field: str, value: object, expected: str) -> None:
+    raise ValueError(f"model.{field}={value!r} {expected}")
+
+
+def baseline_heads(cfg: ModelConfig) -> int:
+    """Query (= output) heads of the baseline: n_heads scaled by baseline_head_factor."""
+    return round(cfg.baseline_head_factor * cfg.n_heads)
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Raises ValueError on the first value that cannot build a model, naming the field and what it needs."""
+    for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden"):
+        value = getattr(cfg, field)
+        if not isinstance(value, int) or value <= 0:
+            _fail(field, value, "must be a positive integer")
+    if cfg.max_seq_len <= 0:
+        _fail("max_seq_len", cfg.max_seq_len, "must be a positive integer")
+    for field in ("rope_theta", "norm_eps", "init_std", "baseline_head_factor"):
+        if getattr(cfg, field) <= 0:
+            _fail(field, getattr(cfg, field), "must be > 0")
+    for field, allowed in (
+        ("attention", ATTENTION_VARIANTS),
+        ("pairing", PAIRINGS),
+        ("lambda_mode", LAMBDA_MODES),
+        ("attn_impl", ATTN_IMPLS),
+    ):
+        if getattr(cfg, field) not in allowed:
+            _fail(field, getattr(cfg, field), f"is not one of {list(allowed)}")
+    if cfg.head_dim % 2:
+        _fail("head_dim", cfg.head_dim, "must be even: rotary embeddings rotate pairs of channels")
+    if cfg.n_heads % cfg.n_kv_heads:
+        raise ValueError(
+            f"model.n_heads={cfg.n_heads} must be divisible by model.n_kv_heads={cfg.n_kv_heads} (GQA groups)"
+        )
+    if cfg.attention != "diff_v2":
+        for field, default in (("pairing", "grouped"), ("lambda_mode", "sigmoid")):
+            if getattr(cfg, field) != default:
+                _fail(field, getattr(cfg, field), f"is a DIFF V2 ablation; model.attention={cfg.attention!r}")
+    if cfg.attention != "baseline" and cfg.baseline_head_factor != 1.0:
+        _fail(
+            "baseline_head_factor",
+            cfg.baseline_head_factor,
+            f"must be 1.0 unless model.attention='baseline' (got {cfg.attention!r})",
+        )
+    if cfg.attention == "baseline":
+        heads = cfg.baseline_head_factor * cfg.n_heads
+        if abs(heads - round(heads)) > 1e-9 or round(heads) % cfg.n_kv_heads:
+            _fail(
+                "baseline_head_factor",
+                cfg.baseline_head_factor,
+                f"times model.n_heads={cfg.n_heads} must be a whole number of heads divisible by "
+                f"model.n_kv_heads={cfg.n_kv_heads}",
+            )
+    if cfg.attention == "diff_v1" and (cfg.n_heads % 2 or cfg.n_kv_heads % 2):
+        raise ValueError(
+            f"model.attention='diff_v1' needs even model.n_heads={cfg.n_heads} and model.n_kv_heads="
+            f"{cfg.n_kv_heads}: V1 splits them into h/2 differential heads of two sub-heads each"
+        )
+    if cfg.attention == "diff_v2" and cfg.pairing == "cross_group" and cfg.n_kv_heads < 2:
+        _fail(
+            "pairing",
+            cfg.pairing,
+            f"needs model.n_kv_heads >= 2 (got {cfg.n_kv_heads}): a single group cannot be crossed",
+        )

@@ -1,0 +1,74 @@
+"""The attention kernel, one swappable function: causal softmax attention in flash's [B, N, heads, d] layout.
+
+`attention(q, k, v, impl)` runs either PyTorch SDPA (with `enable_gqa`, any device) or flash-attn's
+`flash_attn_func` when the package imports. Both send query head i to kv head i // (Hq / Hkv) (contiguous
+GQA groups), which is what DIFF V2's pairing of heads (2j, 2j+1) relies on. Same numbers either way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional: `pip install -e '.[flash]'` on CUDA machines
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - depends on the machine
+    flash_attn_func = None
+
+
+def flash_available() -> bool:
+    return flash_attn_func is not None
+
+
+def resolve_impl(impl: str, q: torch.Tensor) -> str:
+    """auto -> flash on CUDA with half-precision inputs when flash-attn imports, else sdpa."""
+    if impl != "auto":
+        return impl
+    if flash_available() and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        return "flash"
+    return "sdpa"
+
+
+def _causal_mask(n_q: int, n_k: int, device: torch.device) -> torch.Tensor:
+    """Bottom-right aligned causal mask (query i sits at position n_k - n_q + i), as flash-attn's causal."""
+    q_pos = torch.arange(n_k - n_q, n_k, device=device)[:, None]
+    return torch.arange(n_k, device=device)[None, :] <= q_pos
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal SDPA over [B, N, H, d] tensors; v may be wider than q/k (DIFF V1's 2d values)."""
+    n_q, n_k = q.shape[1], k.shape[1]
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if n_q == n_k:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    elif n_q == 1:  # one decoded token sees the whole cache
+        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    else:  # SDPA's is_causal is top-left aligned when n_q != n_k; a cached chunk needs bottom-right
+        mask = _causal_mask(n_q, n_k, q.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    return out.transpose(1, 2)
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal flash-attn over [B, N, H, d] tensors (its native layout, no transposes)."""
+    if flash_attn_func is None:
+        raise RuntimeError("model.attn_impl='flash' needs the flash-attn package: pip install -e '.[flash]'")
+    d = q.shape[-1]
+    if v.shape[-1] == d:
+        return flash_attn_func(q, k, v, causal=True)
+    # flash-attn wants one head size for q, k and v: attend to each d-wide slice of a wider value separately
+    # (softmax weights do not depend on v, so concatenating the slices' outputs is exact).
+    return torch.cat([flash_attn_func(q, k, part, causal=True) for part in v.split(d, dim=-1)], dim=-1)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """Causal attention, q [B, Nq, Hq, d], k [B, Nk, Hkv, d], v [B, Nk, Hkv, dv] -> [B, Nq, Hq, dv].
+
+    Scale 1/sqrt(d). Hq must be a multiple of Hkv; query head i reads kv head i // (Hq / Hkv).
+    """
+    impl = resolve_impl(impl, q)
+    if impl == "flash":
+        return flash_attention(q, k, v)
+    if impl == "sdpa":
+        return sdpa_attention(q, k, v)
+    raise ValueError(f"model.attn_impl={impl!r} is not one of ['auto', 'sdpa', 'flash']")

@@ -1,0 +1,151 @@
+"""The decoder-only language model: token embedding, pre-norm blocks, final RMSNorm, LM head.
+
+Module names follow torchtitan/llama so the trainer can wrap each block (FSDP2, activation checkpointing,
+compile): `tok_embeddings`, `layers` (TransformerBlock: `attention_norm`, `attention`, `ffn_norm`,
+`feed_forward`), `norm`, `output`. With `tie_embeddings` there is no `output` module: the head reads
+`tok_embeddings.weight` directly, so one parameter object exists and meta-device materialisation, sharding
+and checkpoints never have to re-tie two.
+
+Init (`init_weights`, also run by the constructor off the meta device):
+- every weight matrix and the embedding ~ N(0, init_std);
+- the two projections that write into the residual stream (attention `o_proj`, SwiGLU `w2`) ~
+  N(0, init_std / sqrt(2 * n_layers)) (GPT-2 scaled init: the residual's variance stays ~flat with depth);
+- DIFF V2's `lambda_proj` keeps PyTorch's default Linear init, as the reference (sigmoid(lambda) starts
+  spread around 0.5); DIFF V1's lambda vectors ~ N(0, 0.1); all norm weights 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.attention import Attention, DiffV1Attention, Rope, build_attention
+from model.config import ModelConfig, validate_model_config
+from model.flops import flops_per_token
+from model.kv_cache import KVCache
+from model.rope import rope_tables
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(d_model, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, d_model, bias=False)
+        self.w3 = nn.Linear(d_model, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attention(norm(x)), then + feed_forward(norm(.))."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attention_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attention = build_attention(cfg, layer_idx)
+        self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg.d_model, cfg.ffn_hidden)
+
+    def forward(self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), rel_pos, cache)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    """`Transformer(cfg)(tokens [B, N]) -> logits [B, N, vocab]`; see the module docstring for init."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        validate_model_config(cfg)
+        self.cfg = cfg
+        # Module constructors draw their own default inits; discard those draws so that the weights depend
+        # only on the RNG state when init_weights() runs: same seed -> same weights, direct or meta.
+        with torch.random.fork_rng(devices=[]):
+            self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+            self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
+            self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+            self.output = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # Non-persistent: not in checkpoints, recomputed by init_weights() after meta-device materialisation.
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        if self.tok_embeddings.weight.device.type != "meta":
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialises every parameter and the rotary tables in place, on whatever device they live."""
+        cfg = self.cfg
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device=self.rope_cos.device)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+        residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        nn.init.normal_(self.tok_embeddings.weight, std=cfg.init_std)
+        for layer in self.layers:
+            attn = layer.attention
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                nn.init.normal_(proj.weight, std=cfg.init_std)
+            nn.init.normal_(attn.o_proj.weight, std=residual_std)
+            if isinstance(attn, Attention) and attn.lambda_proj is not None:
+                attn.lambda_proj.reset_parameters()
+            if isinstance(attn, DiffV1Attention):
+                attn.reset_lambda()
+                attn.subln.reset_parameters()
+            nn.init.normal_(layer.feed_forward.w1.weight, std=cfg.init_std)
+            nn.init.normal_(layer.feed_forward.w3.weight, std=cfg.init_std)
+            nn.init.normal_(layer.feed_forward.w2.weight, std=residual_std)
+            layer.attention_norm.reset_parameters()
+            layer.ffn_norm.reset_parameters()
+        self.norm.reset_parameters()
+        if self.output is not None:
+            nn.init.normal_(self.output.weight, std=cfg.init_std)
+
+    def forward(self, tokens: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+        """Logits [B, N, vocab] for tokens [B, N]; with `caches` (decoding) they follow the cached tokens."""
+        n = tokens.shape[1]
+        start = caches[0].pos if caches else 0
+        if start + n > self.cfg.max_seq_len:
+            raise ValueError(f"{start + n} tokens exceed model.max_seq_len={self.cfg.max_seq_len}")
+        rel_pos = (self.rope_cos[start : start + n], self.rope_sin[start : start + n])
+        h = self.tok_embeddings(tokens)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rel_pos, caches[i] if caches else None)
+        h = self.norm(h)
+        return F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
+
+    def new_kv_caches(self, batch: int, max_len: int) -> list[KVCache]:
+        """One empty cache per layer, on the model's device and in its parameter dtype."""
+        weight = self.tok_embeddings.weight
+        return [
+            layer.attention.kv_cache(batch, max_len, weight.device, weight.dtype) for layer in self.layers
+        ]
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Distinct parameters; `exclude_embeddings` leaves out the token embedding (and so a tied head)."""
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.tok_embeddings.weight.numel() if exclude_embeddings else total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs (forward + backward) per token at this sequence length; see model/flops.py."""
+        return flops_per_token(self.cfg, seq_len)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        tokens: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continues tokens [B, N] by max_new_tokens with a KV cache; temperature 0 is greedy."""
+        from model.generate import generate
+
+        return generate(self, tokens, max_new_tokens, temperature, top_k, generator)
