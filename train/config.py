@@ -26,7 +26,7 @@ class TrainerConfig:
     seq_len: int = 256
     """Tokens per training sequence."""
     global_batch_tokens: int = 16384
-    """Tokens per optimizer step across all ranks; must be a multiple of seq_len * micro_batch * world size."""
+    """Tokens per optimizer step across all ranks; a multiple of seq_len * micro_batch * world."""
     micro_batch: int = 16
     """Sequences per rank per forward/backward; gradient accumulation makes up the rest."""
     grad_clip: float = 1.0
@@ -45,6 +45,16 @@ class TrainerConfig:
     """A loss or grad norm above this multiple of its running median counts as a spike."""
     detect_anomaly_nan: bool = True
     """Stop on a NaN or inf loss (never checkpointed)."""
+    peak_tflops: float = 0.0
+    """Peak dense bf16 TFLOP/s of one device for MFU; 0: table (A100/H100/H200/B200), else no MFU."""
+    spike_window: int = 50
+    """Steps in the running median that loss and grad-norm spikes are measured against."""
+    fault: str = "none"
+    """Test hook: none | crash (fault_rank exits hard) | nan (the loss becomes NaN) at fault_step."""
+    fault_step: int = 0
+    """Test hook: the step (1-based) at which the fault fires; a crash fires on torchrun attempt 0 only."""
+    fault_rank: int = 0
+    """Test hook: the rank that crashes."""
 
 
 @dataclass
@@ -62,8 +72,11 @@ class OptimConfig:
     weight_decay: float = 0.1
     """AdamW weight decay; not applied to norms, biases, embeddings or lambda parameters."""
     beta1: float = 0.9
+    """AdamW first-moment decay."""
     beta2: float = 0.95
+    """AdamW second-moment decay."""
     eps: float = 1e-8
+    """AdamW denominator epsilon."""
     fused: str = "auto"
     """auto (fused AdamW on CUDA) | true | false."""
 
@@ -84,6 +97,10 @@ class ParallelConfig:
     """torch.compile each block."""
     backend: str = "auto"
     """auto (nccl on CUDA, gloo on CPU) | nccl | gloo."""
+    init: str = "rank0"
+    """fsdp/hsdp weight init: rank0 (rank 0 builds the full model on its CPU and sends each rank its shards:
+    weights equal at any world size) | sharded (each rank initialises its own shards: no full copy anywhere,
+    but the weights depend on the world size)."""
 
 
 @dataclass
@@ -105,10 +122,13 @@ class WandbConfig:
     mode: str = "offline"
     """online | offline | disabled."""
     project: str = "diffv2"
+    """wandb project."""
     entity: str | None = None
+    """wandb entity (team or user); None: the logged-in user's default."""
     group: str | None = None
     """Runs of one sweep share a group."""
     tags: list[str] = field(default_factory=list)
+    """wandb tags."""
     name: str | None = None
     """Defaults to run.name."""
 
@@ -127,7 +147,7 @@ class RunConfig:
 
 
 def register_configs() -> None:
-    """Puts the schema in Hydra's ConfigStore as `run_config`, the first entry of conf/config.yaml's defaults."""
+    """Puts the schema in Hydra's ConfigStore as `run_config`, first in conf/config.yaml's defaults."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="run_config", node=RunConfig)

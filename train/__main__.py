@@ -1,0 +1,56 @@
+"""`python -m train <overrides>` (one process) or `torchrun --nproc_per_node=N -m train <overrides>`.
+
+Exit codes: 0 done (or checkpointed on SIGTERM/SIGUSR1), 1 a bad key or type (Hydra names the key),
+2 a bad value (the message names the field), 3 the loss diverged (no checkpoint written).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from train.config import RunConfig, register_configs
+
+EXIT_BAD_VALUE = 2
+EXIT_DIVERGED = 3
+
+
+def _fail(message: str, code: int) -> None:
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(message, file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def _main(cfg: DictConfig) -> None:
+    from model import validate_model_config
+    from train.loop import TrainingDiverged
+    from train.run import run_training
+    from train.validate import ConfigError, validate_run_config
+
+    try:
+        run_cfg: RunConfig = OmegaConf.to_object(cfg)  # resolves interpolations; type-checks each value
+        validate_model_config(run_cfg.model)
+        validate_run_config(run_cfg, world_size=int(os.environ.get("WORLD_SIZE", 1)))
+    except (ConfigError, ValueError, OmegaConfBaseException) as err:
+        _fail(f"config error: {err}", EXIT_BAD_VALUE)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    try:
+        run_training(run_cfg, config_yaml)
+    except ConfigError as err:
+        _fail(f"config error: {err}", EXIT_BAD_VALUE)
+    except TrainingDiverged as err:
+        _fail(f"training diverged: {err}", EXIT_DIVERGED)
+
+
+def main() -> None:
+    register_configs()
+    _main()
+
+
+if __name__ == "__main__":
+    main()

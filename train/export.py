@@ -1,0 +1,92 @@
+"""Export weights to one safetensors file plus model_config.json, loadable by `Transformer` on one CPU.
+
+`python -m train.export <checkpoint dir> [<out dir>]` exports a DCP checkpoint (default out dir: the run dir
+above `checkpoints/`). Training calls `export_model` at the end with the live (possibly sharded) model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from model import ModelConfig, Transformer
+
+WEIGHTS = "model.safetensors"
+CONFIG = "model_config.json"
+
+
+def save_weights(state: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors, seen = {}, set()
+    for name, tensor in state.items():
+        tensor = tensor.detach().contiguous()
+        if tensor.data_ptr() in seen:  # tied weights: safetensors refuses shared storage
+            tensor = tensor.clone()
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor
+    path = out_dir / WEIGHTS
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    (out_dir / CONFIG).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    return path
+
+
+def export_model(model: nn.Module, cfg: ModelConfig, out_dir: Path, is_main: bool) -> Path:
+    """Gathers full weights onto rank 0's CPU (a collective: every rank calls it) and writes them there."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)
+    path = out_dir / WEIGHTS
+    if is_main:
+        save_weights(state, cfg, out_dir)
+    return path
+
+
+def load_exported(out_dir: str | Path) -> Transformer:
+    """The inverse of export: a plain CPU Transformer with the exported weights."""
+    from safetensors.torch import load_file
+
+    out_dir = Path(out_dir)
+    cfg = ModelConfig(**json.loads((out_dir / CONFIG).read_text()))
+    model = Transformer(cfg)
+    model.load_state_dict(load_file(str(out_dir / WEIGHTS)))
+    return model
+
+
+def export_checkpoint(checkpoint: Path, out_dir: Path) -> Path:
+    """Reads the model part of a DCP checkpoint (any world size wrote it) into one CPU process."""
+    import torch.distributed as dist
+
+    resolved = OmegaConf.load(checkpoint / "config.yaml")
+    cfg = ModelConfig(**OmegaConf.to_container(resolved.model, resolve=True))
+    model = Transformer(cfg)
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    state = model.state_dict()
+    dcp.load({"app": {"model": state}}, checkpoint_id=str(checkpoint))
+    return save_weights(state, cfg, out_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__)
+    parser.add_argument(
+        "checkpoint", type=Path, help="a checkpoint dir, e.g. runs/x/checkpoints/step_00000300"
+    )
+    parser.add_argument("out_dir", type=Path, nargs="?", help="default: the run dir of the checkpoint")
+    args = parser.parse_args(argv)
+    if not (args.checkpoint / ".metadata").is_file():
+        raise SystemExit(f"{args.checkpoint} is not a complete DCP checkpoint (no .metadata)")
+    out_dir = args.out_dir or args.checkpoint.resolve().parent.parent
+    path = export_checkpoint(args.checkpoint, out_dir)
+    print(f"exported {path} and {out_dir / CONFIG}")
+
+
+if __name__ == "__main__":
+    main()

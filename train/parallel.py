@@ -1,0 +1,185 @@
+"""Process group, device mesh and model parallelisation: the only place that knows how ranks share a model.
+
+The model package stays free of torch.distributed; here it is built on the meta device, wrapped
+(activation checkpointing, torch.compile, FSDP2 / DDP), then materialised and initialised on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+from model import ModelConfig, Transformer
+from train.config import ParallelConfig
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits in the job and what it computes on."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    backend: str
+    mesh: DeviceMesh | None
+    """Data-parallel mesh: 1-D ("dp",) for ddp/fsdp, 2-D (dp_replicate, dp_shard) for hsdp, None: single."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(device: str, local_rank: int) -> torch.device:
+    """auto: this rank's CUDA device when CUDA is present, else the CPU."""
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("trainer.device='cuda' but torch.cuda.is_available() is False")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(pcfg: ParallelConfig, device_pref: str) -> DistInfo:
+    """Joins torchrun's process group, or makes a 1-rank gloo group so one code path (DCP too) serves all."""
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(device_pref, local_rank)
+    backend = pcfg.backend
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    # CPU tensors (checkpoint metadata, flags) keep a gloo path even when the device path is NCCL.
+    pg_backend = "cpu:gloo,cuda:nccl" if backend == "nccl" else "gloo"
+    if not dist.is_initialized():
+        timeout = timedelta(minutes=10)
+        if "RANK" in os.environ:
+            dist.init_process_group(backend=pg_backend, timeout=timeout, device_id=_device_id(device))
+        else:
+            dist.init_process_group(
+                backend=pg_backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout
+            )
+    mesh = None
+    if pcfg.mode in ("ddp", "fsdp"):
+        mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
+    elif pcfg.mode == "hsdp":
+        mesh = init_device_mesh(
+            device.type,
+            (pcfg.replicate, world_size // pcfg.replicate),
+            mesh_dim_names=("dp_replicate", "dp_shard"),
+        )
+    return DistInfo(rank, local_rank, world_size, device, backend, mesh)
+
+
+def _device_id(device: torch.device) -> torch.device | None:
+    return device if device.type == "cuda" else None
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def param_dtype(pcfg: ParallelConfig, device: torch.device) -> torch.dtype:
+    """Compute dtype of matmuls: bf16 on CUDA by default; on CPU fp32 unless bf16 is asked for."""
+    if pcfg.mixed_precision == "bf16" or (pcfg.mixed_precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+@contextlib.contextmanager
+def autocast(pcfg: ParallelConfig, info: DistInfo) -> Iterator[None]:
+    """bf16 autocast for single/ddp; FSDP casts parameters itself through its MixedPrecisionPolicy."""
+    dtype = param_dtype(pcfg, info.device)
+    if dtype == torch.float32 or pcfg.mode in ("fsdp", "hsdp"):
+        yield
+        return
+    with torch.autocast(device_type=info.device.type, dtype=dtype):
+        yield
+
+
+def _apply_activation_checkpointing(model: Transformer, pcfg: ParallelConfig) -> None:
+    if pcfg.activation_checkpointing == "none":
+        return
+    every = 1 if pcfg.activation_checkpointing == "full" else pcfg.ac_every
+    for i, block in enumerate(model.layers):
+        if i % every == 0:
+            model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def _apply_fsdp(model: Transformer, pcfg: ParallelConfig, info: DistInfo) -> None:
+    dtype = param_dtype(pcfg, info.device)
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for i, block in enumerate(model.layers):
+        # The last block's parameters are needed again first in backward: keep them gathered.
+        fully_shard(block, mesh=info.mesh, mp_policy=mp, reshard_after_forward=i < len(model.layers) - 1)
+    fully_shard(model, mesh=info.mesh, mp_policy=mp)
+
+
+def _init_weights(model: nn.Module, seed: int) -> None:
+    torch.manual_seed(seed)
+    with torch.no_grad(), warnings.catch_warnings():
+        # DTensor's random ops warn on CPU meshes; sharded init is still a valid init (see parallel.init).
+        warnings.simplefilter("ignore")
+        model.init_weights()
+
+
+def _broadcast_rank0_weights(model: nn.Module, cfg: ModelConfig, seed: int, info: DistInfo) -> None:
+    """Rank 0 initialises the full model on its CPU exactly as one process would, then sends each rank its
+    shards; the model is then identical at every world size (a 1-process run reproduces an FSDP run)."""
+    full_sd: dict[str, torch.Tensor] = {}
+    if info.is_main:
+        with torch.device("meta"):
+            full = Transformer(cfg)
+        full.to_empty(device="cpu")
+        _init_weights(full, seed)
+        full_sd = full.state_dict()
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full_sd, options=options)
+
+
+def build_model(
+    cfg: ModelConfig, pcfg: ParallelConfig, info: DistInfo, seed: int
+) -> tuple[nn.Module, Transformer]:
+    """Builds on meta, wraps, materialises on the device and initialises. Returns (wrapped model for the loop,
+    the Transformer inside it for flops_per_token, diagnostics and export)."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    _apply_activation_checkpointing(model, pcfg)
+    if pcfg.compile:
+        for block in model.layers:
+            block.compile()  # in place: parameter names (and so checkpoints) do not change
+    if pcfg.mode in ("fsdp", "hsdp"):
+        _apply_fsdp(model, pcfg, info)
+    model.to_empty(device=info.device)
+    _init_weights(model, seed)  # also fills non-persistent buffers (rotary tables) on every rank
+    if pcfg.mode in ("fsdp", "hsdp") and pcfg.init == "rank0" and info.world_size > 1:
+        _broadcast_rank0_weights(model, cfg, seed, info)
+    if pcfg.mode == "ddp":
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        # DDP broadcasts rank 0's weights at construction; every rank also inits with the same seed.
+        return DistributedDataParallel(model, device_ids=device_ids, device_mesh=info.mesh), model
+    return model, model
+
+
+def grad_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+    """Skips the gradient all-reduce / reduce-scatter on all but the last micro-step of an accumulation."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+    if isinstance(model, DistributedDataParallel) and not enabled:
+        return model.no_sync()
+    return contextlib.nullcontext()

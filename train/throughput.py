@@ -1,0 +1,45 @@
+"""Tokens/s, MFU and peak memory: what a step costs on this hardware."""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import torch
+
+# Dense bf16 tensor-core peak per device, in FLOP/s (vendor datasheets, SXM parts, no sparsity).
+PEAK_BF16_FLOPS = {
+    "B200": 2.25e15,
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+}
+
+
+def peak_flops(device: torch.device, override_tflops: float) -> float | None:
+    """Per-device peak FLOP/s: trainer.peak_tflops when set, else from the device name; None when unknown."""
+    if override_tflops > 0:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_BF16_FLOPS.items():
+        if key in name:
+            return flops
+    return None
+
+
+def mfu(flops_per_token: float, tokens_per_s_per_device: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved training FLOP/s over the device's peak (None without a peak)."""
+    if peak is None:
+        return None
+    return flops_per_token * tokens_per_s_per_device / peak
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak allocated device memory (CUDA) or the process's peak resident set (CPU), in GiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    return rss / (2**30 if sys.platform == "darwin" else 2**20)
