@@ -1,0 +1,79 @@
+"""Spike counting, checkpoint discovery and value validation: the pieces the end-to-end tests rely on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from train.checkpoint import complete_checkpoints, resolve_resume
+from train.config import RunConfig
+from train.spikes import SpikeCounter
+from train.validate import ConfigError, grad_accum_steps, validate_run_config
+
+
+def test_spike_is_k_times_running_median():
+    counter = SpikeCounter(factor=3.0, window=50)
+    for _ in range(20):
+        assert not counter.update(1.0)
+    assert not counter.update(2.9)
+    assert counter.update(3.5)
+    assert counter.count == 1
+    restored = SpikeCounter(3.0, 50)
+    restored.load_state_dict(counter.state_dict())
+    assert restored.update(10.0) and restored.count == 2
+
+
+def test_no_spikes_before_history_fills():
+    counter = SpikeCounter(factor=2.0, window=50)
+    assert not any(counter.update(v) for v in (1.0, 100.0, 1.0, 100.0))
+
+
+def _fake_checkpoint(root: Path, name: str, complete: bool) -> Path:
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "__0_0.distcp").write_bytes(b"x")
+    if complete:
+        (path / ".metadata").write_bytes(b"x")
+    return path
+
+
+def test_resume_auto_picks_latest_complete(tmp_path):
+    _fake_checkpoint(tmp_path, "step_00000003", complete=True)
+    good = _fake_checkpoint(tmp_path, "step_00000006", complete=True)
+    _fake_checkpoint(tmp_path, "step_00000009", complete=False)  # crashed before DCP wrote its metadata
+    _fake_checkpoint(tmp_path, ".tmp_step_00000012", complete=True)  # never published
+    assert resolve_resume("auto", tmp_path) == good
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_00000003", "step_00000006"]
+    assert resolve_resume("none", tmp_path) is None
+    assert resolve_resume("auto", tmp_path / "missing") is None
+    with pytest.raises(FileNotFoundError, match="checkpoint.resume"):
+        resolve_resume(str(tmp_path / "step_00000009"), tmp_path)
+
+
+def test_grad_accum_derived_from_global_batch():
+    cfg = RunConfig()
+    cfg.trainer.seq_len, cfg.trainer.micro_batch, cfg.trainer.global_batch_tokens = 64, 4, 2048
+    assert grad_accum_steps(cfg, world_size=1) == 8
+    assert grad_accum_steps(cfg, world_size=4) == 2
+    with pytest.raises(ConfigError, match="trainer.global_batch_tokens=2048"):
+        grad_accum_steps(cfg, world_size=3)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "world"),
+    [
+        ("parallel.mode", "pipeline", 1),
+        ("optim.schedule", "linear", 1),
+        ("parallel.activation_checkpointing", "some", 1),
+        ("wandb.mode", "maybe", 1),
+        ("trainer.seq_len", 4096, 1),
+        ("parallel.mode", "single", 2),
+    ],
+)
+def test_bad_values_name_their_field(key, value, world):
+    cfg = RunConfig()
+    section, field = key.split(".")
+    setattr(getattr(cfg, section), field, value)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_run_config(cfg, world_size=world)
