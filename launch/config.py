@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 @dataclass
 class SlurmConfig:
     partition: str | None = None
-    """SLURM partition (required for launch=slurm)."""
+    """SLURM partition (required for launch=slurm with executor=slurm)."""
     account: str | None = None
     """SLURM account."""
     qos: str | None = None
@@ -16,19 +16,27 @@ class SlurmConfig:
     time_min: int = 60
     """Wall-clock limit per job, in minutes."""
     gpus_per_node: int = 8
-    """GPUs requested per node; also the torchrun nproc_per_node."""
+    """GPUs requested per node; also the torchrun nproc_per_node when launch.nproc_per_node=auto."""
     cpus_per_task: int = 16
     """CPUs per node's task (one torchrun agent per node)."""
     mem_gb: int | None = None
     """Memory per node in GiB (None: the partition's default)."""
+    constraint: str | None = None
+    """SLURM --constraint (node features, e.g. h100), None: any node of the partition."""
     signal_delay_s: int = 120
-    """Seconds before the time limit at which SLURM sends USR1 (checkpoint, then requeue)."""
+    """Seconds before the time limit at which SLURM sends launch.preempt_signal (checkpoint, then requeue)."""
     max_requeue: int = 3
-    """How many times a pre-empted or timed-out job is requeued."""
+    """How many times a timed-out job is requeued (pre-empted jobs are always requeued)."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run in the sbatch script before the job starts, e.g. `module load cuda`."""
     executor: str = "slurm"
     """submitit executor: slurm | local (runs the same job here without a cluster, for tests)."""
     folder: str = "${run.dir}/slurm"
     """Where submitit writes scripts and logs."""
+    wait: bool = True
+    """Block until the job ends and exit with its code (sweeps always wait, to print the summary)."""
+    dry_run: bool = False
+    """Print the sbatch script that would be submitted and exit 0 without submitting."""
 
 
 @dataclass
@@ -38,15 +46,20 @@ class LaunchConfig:
     nnodes: int = 1
     """Number of nodes (torchrun agents)."""
     nproc_per_node: str = "auto"
-    """Ranks per node: an integer, or auto (the GPUs present, else 1)."""
+    """Ranks per node: an integer, or auto (the GPUs present, else 1; launch=slurm: slurm.gpus_per_node)."""
     node_rank: int | None = None
     """This node's rank (multinode); None: from SLURM_NODEID or 0."""
     rdzv_backend: str = "c10d"
     """torchrun rendezvous backend."""
     rdzv_endpoint: str = "127.0.0.1:29500"
-    """host:port of the rendezvous (multinode); from SLURM's first node when under SLURM."""
+    """host:port of the rendezvous (multinode); under SLURM the host becomes the job's first node."""
     rdzv_id: str = "${run.name}"
-    """Rendezvous id shared by all agents of one job."""
+    """Rendezvous id shared by all agents of one job (SLURM_JOB_ID under SLURM)."""
+    local_addr: str | None = None
+    """Address this node advertises to the others (torchrun --local-addr); None: its hostname."""
     max_restarts: int = 0
     """torchrun restarts of the worker group after a failure (each resumes from the last checkpoint)."""
+    preempt_signal: str = "USR1"
+    """Signal the trainer answers by checkpointing and exiting; forwarded to the ranks on pre-emption."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    """SLURM job options, used by launch=slurm."""

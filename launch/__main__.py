@@ -1,0 +1,49 @@
+"""`python -m launch <train overrides> [launch=local|multinode|slurm] [launch.*=...]`; `--multirun` sweeps.
+
+A Hydra app over the same conf/config.yaml as `python -m train`, so every override is checked against the
+same schema before any process starts; the overrides (minus launch.*) are forwarded to torchrun's `-m train`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from launch import app, sweep
+from train.config import register_configs
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def hydra_args(argv: list[str]) -> list[str]:
+    """Adds the sweep plumbing to a multirun's command line (a user's own hydra.* settings win).
+
+    - the SweepCallback names and validates all trials up front and prints the table at the end;
+    - hydra.sweep.subdir=. : each trial's run dir is <sweep dir>/<trial name>, made by the trainer, so
+      Hydra's numbered job dirs would stay empty.
+    """
+    if not any(a in MULTIRUN_FLAGS for a in argv):
+        return argv
+    extra = ["+hydra.callbacks.diffv2_sweep._target_=launch.sweep.SweepCallback"]
+    if not any(a.startswith("hydra.sweep.subdir=") for a in argv):
+        extra.append("hydra.sweep.subdir=.")
+    return [*argv, *extra]
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def _main(cfg: DictConfig) -> int:
+    return app.launch_task(cfg)
+
+
+def main() -> None:
+    register_configs()
+    sys.argv = [sys.argv[0], *hydra_args(sys.argv[1:])]
+    _main()
+    codes = [*app.EXIT_CODES, sweep.exit_code()]
+    sys.exit(next((rc for rc in codes if rc != 0), 0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The `python -m launch` task: validate the composed config, then run torchrun here or submit it to SLURM."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from launch import sweep
+from launch.agent import run_agent
+from launch.command import train_overrides
+from launch.config import LaunchConfig
+from launch.nodes import gpus_present, plan_node
+from launch.validate import validate_config
+
+EXIT_CODES: list[int] = []
+"""Exit codes of the jobs this process ran (one for a single launch); __main__ exits with the first error."""
+
+
+def launch_task(cfg: DictConfig) -> int:
+    """Hydra's task function for one job (a single launch, or one trial of a sweep)."""
+    hc = HydraConfig.get()
+    task = list(hc.overrides.task)
+    extra: list[str] = []
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        trial = sweep.trial_for(hc.job.num, task, hc.sweep.dir)
+        extra = trial.extra_overrides()
+        for key, value in (
+            ("run.name", trial.name),
+            ("run.dir", str(trial.run_dir)),
+            ("wandb.group", trial.group),
+        ):
+            OmegaConf.update(cfg, key, value)
+    elif hc.sweeper.get("params"):
+        return _fail("this config sweeps hydra.sweeper.params (an experiment recipe): add --multirun")
+    try:
+        validate_config(cfg)
+    except ValueError as exc:
+        return _fail(str(exc))
+    overrides = train_overrides(task, extra)
+    if cfg.launch.kind == "slurm":
+        from launch.slurm import submit
+
+        job = submit(cfg, overrides)
+        if job is None:  # dry run
+            return _record(0)
+        if multirun:
+            # Every trial is submitted first; the callback waits for them all at the end of the sweep.
+            assert sweep.STATE is not None
+            sweep.STATE.pending[hc.job.num] = job.wait
+            return 0
+        return _record(job.wait() if cfg.launch.slurm.wait else 0)
+    # Resolve for this machine: the node plan above was checked with the GPUs found here.
+    launch_cfg: LaunchConfig = OmegaConf.to_object(cfg.launch)  # type: ignore[assignment]
+    node = plan_node(launch_cfg, gpus_present(), uses_cuda=cfg.trainer.device in ("auto", "cuda"))
+    rc = run_agent(launch_cfg, node, overrides, Path(cfg.run.dir), cfg.run.name)
+    if multirun and sweep.STATE is not None:
+        sweep.STATE.exit_codes[hc.job.num] = rc
+    return _record(rc)
+
+
+def _record(rc: int) -> int:
+    EXIT_CODES.append(rc)
+    return rc
+
+
+def _fail(message: str) -> int:
+    print(f"launch: error: {message}", file=sys.stderr, flush=True)
+    return _record(2)

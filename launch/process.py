@@ -1,0 +1,117 @@
+"""Runs one torchrun agent as a child process: streams its output, forwards signals, returns its exit code.
+
+torchrun owns the ranks. The launcher never joins a process group itself, so a sweep can start one torchrun
+job after another from the same process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid` (torchrun's worker ranks), read from /proc."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(c) for c in task.read_text().split()]
+        except OSError:  # the thread ended while we read
+            continue
+    return children
+
+
+def signal_ranks(proc: subprocess.Popen, signum: int) -> None:
+    """Sends `signum` to torchrun's workers, not to torchrun: its agent would treat it as a failure."""
+    for pid in child_pids(proc.pid):
+        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+            os.kill(pid, signum)
+
+
+def start(cmd: Sequence[str], env: Mapping[str, str], preempt: int) -> subprocess.Popen:
+    """Starts torchrun with the pre-emption signal ignored in the agent.
+
+    SLURM signals every process of the job step. An ignored signal stays ignored across exec, so the agent
+    survives it while the trainer, which installs its own handler, checkpoints.
+    """
+
+    def ignore_preempt() -> None:
+        signal.signal(preempt, signal.SIG_IGN)
+
+    return subprocess.Popen(
+        list(cmd),
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=ignore_preempt,
+    )
+
+
+def drain(proc: subprocess.Popen, timeout_s: float) -> int | None:
+    """Waits up to timeout_s for torchrun to exit; its code, or None if it is still running."""
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+Handler = Callable[[int, FrameType | None], object] | int | None
+
+
+def run_torchrun(
+    cmd: Sequence[str],
+    env: Mapping[str, str],
+    log_path: Path | None,
+    preempt_signal: str = "USR1",
+    on_preempt: Callable[[subprocess.Popen], None] | None = None,
+) -> int:
+    """Runs torchrun to completion, copying its merged stdout/stderr to ours and to `log_path`.
+
+    SIGTERM and SIGINT reach torchrun (which stops its ranks); the pre-emption signal reaches the ranks, then
+    `on_preempt(proc)` runs (the SLURM job uses it to requeue once torchrun has exited).
+    """
+    preempt = getattr(signal, f"SIG{preempt_signal}")
+    proc = start(cmd, env, preempt)
+
+    def forward_stop(signum: int, frame: FrameType | None) -> None:
+        proc.send_signal(signum)
+
+    def forward_preempt(signum: int, frame: FrameType | None) -> None:
+        print(f"[launch] SIG{preempt_signal}: asking the ranks to checkpoint", file=sys.stderr, flush=True)
+        signal_ranks(proc, preempt)
+        if on_preempt is not None:
+            on_preempt(proc)
+
+    previous: dict[int, Handler] = {}
+    for signum, handler in ((signal.SIGTERM, forward_stop), (preempt, forward_preempt)):
+        previous[signum] = signal.signal(signum, handler)
+    log = log_path.open("ab") if log_path is not None else None
+    try:
+        assert proc.stdout is not None
+        for line in iter(proc.stdout.readline, b""):
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+            if log is not None:
+                log.write(line)
+                log.flush()
+        return proc.wait()
+    except KeyboardInterrupt:
+        # torchrun shares our terminal's process group and got the same SIGINT: let it stop its ranks.
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if proc.poll() is None:
+            proc.kill()
+        return proc.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if log is not None:
+            log.close()
