@@ -30,7 +30,7 @@ class Trial:
     overrides: list[str]
     """The trial's task overrides, as Hydra hands them to the job."""
     name: str
-    """Run name: the job number and the swept values, e.g. 1-attention=diff_v2_lr=0.0003."""
+    """Run name: the job number and the swept values, e.g. 1-attention-diff_v2_lr-0.0003."""
     run_dir: Path
     """<sweep dir>/<name>."""
     group: str
@@ -38,7 +38,11 @@ class Trial:
 
     def extra_overrides(self) -> list[str]:
         """What the launcher adds to the trainer's overrides for this trial."""
-        return [f"run.name={self.name}", f"run.dir={self.run_dir}", f"wandb.group={self.group}"]
+        return [
+            f"run.name={quote(self.name)}",
+            f"run.dir={quote(str(self.run_dir))}",
+            f"wandb.group={quote(self.group)}",
+        ]
 
 
 @dataclass
@@ -84,11 +88,18 @@ def _short(key: str, keys: Sequence[str]) -> str:
 
 
 def trial_name(num: int, overrides: Sequence[str], keys: Sequence[str]) -> str:
-    """`<num>-<key>=<value>_...` over the swept keys, safe as a directory and wandb run name."""
+    """`<num>-<key>-<value>_...` over the swept keys, safe as a directory and wandb run name."""
     values = {override_key(o): o.split("=", 1)[-1] for o in overrides}
-    parts = [f"{_short(k, keys)}={values[k]}" for k in keys if k in values]
+    parts = [f"{_short(k, keys)}-{values[k]}" for k in keys if k in values]
     name = f"{num}-" + "_".join(parts) if parts else str(num)
-    return re.sub(r"[^A-Za-z0-9._=+-]", "-", name)
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", name)
+
+
+def quote(value: str) -> str:
+    """A string as a Hydra override value: bare when the grammar allows, else single-quoted."""
+    if re.fullmatch(r"[A-Za-z0-9_./+-]+", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def plan_sweep(sweep_dir: Path, trials: Sequence[Sequence[str]]) -> SweepState:
