@@ -110,7 +110,7 @@ class DiffV1Attention(nn.Module):
     q_proj gives h sub-heads of d (pairs 2p, 2p+1 interleaved), k_proj h_kv sub-heads of d, v_proj h_kv/2
     values of 2d. Head p: RMSNorm_2d(A1 V - lambda A2 V) * (1 - lambda_init), with A1 from sub-heads
     (q_2p, k_2g), A2 from (q_2p+1, k_2g+1) and lambda = exp(lq1.lk1) - exp(lq2.lk2) + lambda_init.
-    Values are attended to at full width 2d (one call per map); the flash kernel splits them.
+    Values of width 2d: the kernel attends to their two d-wide halves separately, as the reference.
     """
 
     def __init__(
@@ -143,9 +143,10 @@ class DiffV1Attention(nn.Module):
             nn.init.normal_(p, mean=0.0, std=0.1)
 
     def lambda_full(self) -> torch.Tensor:
-        """The layer's scalar lambda (computed in float32)."""
-        lam1 = torch.exp(torch.sum(self.lambda_q1.float() * self.lambda_k1.float()))
-        lam2 = torch.exp(torch.sum(self.lambda_q2.float() * self.lambda_k2.float()))
+        """The layer's scalar lambda (computed in at least float32: exp amplifies bf16 rounding)."""
+        dtype = torch.promote_types(self.lambda_q1.dtype, torch.float32)
+        lam1 = torch.exp(torch.sum(self.lambda_q1.to(dtype) * self.lambda_k1.to(dtype)))
+        lam2 = torch.exp(torch.sum(self.lambda_q2.to(dtype) * self.lambda_k2.to(dtype)))
         return lam1 - lam2 + self.lambda_init
 
     def lambda_values(self, x: torch.Tensor) -> torch.Tensor:

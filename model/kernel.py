@@ -36,7 +36,7 @@ def _causal_mask(n_q: int, n_k: int, device: torch.device) -> torch.Tensor:
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal SDPA over [B, N, H, d] tensors; v may be wider than q/k (DIFF V1's 2d values)."""
+    """Causal SDPA over [B, N, H, d] tensors."""
     n_q, n_k = q.shape[1], k.shape[1]
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if n_q == n_k:
@@ -53,12 +53,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     """Causal flash-attn over [B, N, H, d] tensors (its native layout, no transposes)."""
     if flash_attn_func is None:
         raise RuntimeError("model.attn_impl='flash' needs the flash-attn package: pip install -e '.[flash]'")
-    d = q.shape[-1]
-    if v.shape[-1] == d:
-        return flash_attn_func(q, k, v, causal=True)
-    # flash-attn wants one head size for q, k and v: attend to each d-wide slice of a wider value separately
-    # (softmax weights do not depend on v, so concatenating the slices' outputs is exact).
-    return torch.cat([flash_attn_func(q, k, part, causal=True) for part in v.split(d, dim=-1)], dim=-1)
+    return flash_attn_func(q, k, v, causal=True)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "auto") -> torch.Tensor:
@@ -67,8 +62,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "au
     Scale 1/sqrt(d). Hq must be a multiple of Hkv; query head i reads kv head i // (Hq / Hkv).
     """
     impl = resolve_impl(impl, q)
-    if impl == "flash":
-        return flash_attention(q, k, v)
-    if impl == "sdpa":
-        return sdpa_attention(q, k, v)
-    raise ValueError(f"model.attn_impl={impl!r} is not one of ['auto', 'sdpa', 'flash']")
+    if impl not in ("flash", "sdpa"):
+        raise ValueError(f"model.attn_impl={impl!r} is not one of ['auto', 'sdpa', 'flash']")
+    kernel = flash_attention if impl == "flash" else sdpa_attention
+    d = q.shape[-1]
+    if v.shape[-1] == d:
+        return kernel(q, k, v)
+    # Fused kernels want one head size for q, k and v (flash-attn requires it; SDPA's CPU and flash backends
+    # fall back to the slow math path otherwise): attend to each d-wide slice of a wider value separately.
+    # The softmax weights do not depend on v, so concatenating the slices' outputs is exact.
+    return torch.cat([kernel(q, k, part) for part in v.split(d, dim=-1)], dim=-1)

@@ -9,11 +9,22 @@ from __future__ import annotations
 import torch
 
 
-def rope_tables(head_dim: int, max_seq_len: int, theta: float, device: torch.device | None = None):
-    """(cos, sin), each float32 [max_seq_len, head_dim // 2]: row p holds the angles of position p."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
+def rope_tables(
+    head_dim: int,
+    max_seq_len: int,
+    theta: float,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each [max_seq_len, head_dim // 2]: row p holds the angles of position p.
+
+    Angles are computed in float64 (a float32 pos * freq is off by ~1e-4 rad at position 4096) and only the
+    final cos / sin are rounded to `dtype`.
+    """
+    exponents = torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim
+    inv_freq = 1.0 / (theta**exponents)
+    angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float64), inv_freq)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
