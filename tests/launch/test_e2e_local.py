@@ -1,0 +1,90 @@
+"""End to end on this machine: real torchrun jobs started by `python -m launch`, one node or two agents."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.metrics import read_metrics
+
+pytestmark = pytest.mark.slow
+
+
+def world_size(run_dir: Path) -> float:
+    """Ranks that trained, from the trainer's own figures: job tokens/s over per-rank tokens/s."""
+    row = next(r for r in read_metrics(run_dir / "metrics.jsonl") if "tokens_per_s_per_device" in r)
+    return round(row["tokens_per_s"] / row["tokens_per_s_per_device"])
+
+
+def end_event(run_dir: Path) -> dict:
+    return next(r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == "end")
+
+
+def test_local_two_rank_launch_trains_and_exits_zero(data_env, tmp_path: Path, tiny, run_launch) -> None:
+    run_dir = tmp_path / "runs" / "two_ranks"
+    proc = run_launch(
+        [*tiny, "parallel=ddp", "launch.nproc_per_node=2", f"run.dir={run_dir}"], data_env, tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert end_event(run_dir)["step"] == 4
+    assert world_size(run_dir) == 2
+    status = json.loads((run_dir / "launch.json").read_text())
+    assert status["exit_code"] == 0 and "--nproc-per-node=2" in status["command"]
+    assert "launch.nproc_per_node=2" not in status["overrides"]  # launch.* never reaches the trainer
+    assert "torchrun exited with code 0" in proc.stdout
+
+
+def test_failing_trials_exit_codes_come_back(data_env, tmp_path: Path, tiny, run_launch, table_rows) -> None:
+    sweep_dir = tmp_path / "sweeps" / "crash"
+    args = [
+        "--multirun",
+        *tiny,
+        "trainer.fault=crash",
+        "trainer.fault_step=1,2",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = run_launch(args, data_env, tmp_path)
+    trials = sorted(d for d in sweep_dir.iterdir() if d.is_dir())
+    assert [d.name for d in trials] == ["0-fault_step-1", "1-fault_step-2"]
+    codes = {d.name: json.loads((d / "launch.json").read_text())["exit_code"] for d in trials}
+    # Both crashed: the sweep went on after the first failure, and each code is recorded and tabulated.
+    assert all(code not in (0, None) for code in codes.values()), codes
+    assert {name: cells[-1] for name, cells in table_rows(proc.stdout).items()} == {
+        name: str(code) for name, code in codes.items()
+    }
+    assert proc.returncode == codes["0-fault_step-1"], proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_two_agents_on_loopback_form_one_two_node_job(data_env, tmp_path: Path, tiny, free_port) -> None:
+    run_dir = tmp_path / "runs" / "two_nodes"
+    common = [
+        *tiny,
+        "parallel=ddp",
+        "launch=multinode",
+        "launch.nnodes=2",
+        "launch.nproc_per_node=1",
+        f"launch.rdzv_endpoint=127.0.0.1:{free_port}",
+        "launch.local_addr=127.0.0.1",
+        f"run.dir={run_dir}",
+    ]
+    agents = [
+        subprocess.Popen(
+            [sys.executable, "-m", "launch", *common, f"launch.node_rank={rank}"],
+            cwd=tmp_path,
+            env=data_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [agent.communicate(timeout=240)[0] for agent in agents]
+    assert [a.returncode for a in agents] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert world_size(run_dir) == 2
+    assert end_event(run_dir)["step"] == 4
+    assert "--nnodes=2" in json.loads((run_dir / "launch.json").read_text())["command"]
+    assert (run_dir / "launch_node0.log").exists() and (run_dir / "launch_node1.log").exists()

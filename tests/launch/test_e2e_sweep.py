@@ -1,0 +1,51 @@
+"""A 2x2 sweep via `python -m launch --multirun`: one torchrun job per trial, one wandb group, one table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launch.metrics import read_metrics
+
+pytestmark = pytest.mark.slow
+
+TRIALS = [
+    "0-lr-0.001_attention-baseline",
+    "1-lr-0.001_attention-diff_v2",
+    "2-lr-0.002_attention-baseline",
+    "3-lr-0.002_attention-diff_v2",
+]
+
+
+def test_two_by_two_sweep_runs_four_named_trials_in_one_wandb_group(
+    data_env, tmp_path: Path, tiny, run_launch, table_rows
+) -> None:
+    sweep_dir = tmp_path / "sweeps" / "lr_x_attention"
+    args = [
+        "--multirun",
+        *tiny,
+        "optim.lr=1e-3,2e-3",
+        "attention=baseline,diff_v2",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = run_launch(args, data_env, tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == TRIALS
+    for name in TRIALS:
+        run_dir = sweep_dir / name
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())  # the trainer's resolved config
+        assert (config["run"]["name"], config["wandb"]["group"]) == (name, "lr_x_attention")
+        assert config["model"]["attention"] == name.rsplit("-", 1)[1]
+        assert config["optim"]["lr"] == float(name.split("-")[2].split("_")[0])
+        # wandb's own record of the offline run carries the group too.
+        (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+        assert b"lr_x_attention" in b"".join(p.read_bytes() for p in wandb_run.rglob("*") if p.is_file())
+        assert any(r.get("event") == "end" for r in read_metrics(run_dir / "metrics.jsonl"))
+    rows = table_rows(proc.stdout)
+    assert list(rows) == TRIALS
+    for cells in rows.values():
+        steps, loss, _val, tokens_per_s, spikes, exit_code = cells
+        assert (steps, exit_code) == ("4", "0")
+        assert float(loss) > 0 and float(tokens_per_s.replace(",", "")) > 0 and "/" in spikes
