@@ -29,7 +29,7 @@ def _fail(message: str, code: int) -> None:
 def _main(cfg: DictConfig) -> None:
     from model import validate_model_config
     from train.loop import TrainingDiverged
-    from train.run import run_training
+    from train.run import DatasetUnavailable, run_training
     from train.validate import ConfigError, validate_run_config
 
     try:
@@ -45,6 +45,8 @@ def _main(cfg: DictConfig) -> None:
         _fail(f"config error: {err}", EXIT_BAD_VALUE)
     except TrainingDiverged as err:
         _fail(f"training diverged: {err}", EXIT_DIVERGED)
+    except DatasetUnavailable as err:
+        _fail(f"dataset unavailable: {err}", EXIT_BAD_VALUE)
 
 
 def main() -> None:

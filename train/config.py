@@ -49,6 +49,9 @@ class TrainerConfig:
     """Peak dense bf16 TFLOP/s of one device for MFU; 0: table (A100/H100/H200/B200), else no MFU."""
     spike_window: int = 50
     """Steps in the running median that loss and grad-norm spikes are measured against."""
+    stop_at_step: int = 0
+    """Checkpoint and exit cleanly after this step, keeping max_steps' LR schedule (0: run to max_steps); a
+    later job with checkpoint.resume=auto continues. For time-sliced jobs and tests."""
     fault: str = "none"
     """Test hook: none | crash (fault_rank exits hard) | nan (the loss becomes NaN) at fault_step."""
     fault_step: int = 0

@@ -209,9 +209,10 @@ class Trainer:
                 if t.eval_interval and step % t.eval_interval == 0 and step < t.max_steps:
                     val_loss = self.evaluate()
                     p.logger.log({"step": step, "val_loss": val_loss})
+                if step == t.stop_at_step and not self.stop.requested:
+                    self.stop.signal_name = "trainer.stop_at_step"
                 if self.stop.requested:
                     self.save(step, block=True)
-                    last_saved = step
                     if self.info.is_main:
                         print(
                             f"stopped by {self.stop.signal_name} at step {step}: checkpoint saved", flush=True

@@ -23,6 +23,10 @@ from train.state import Counters, TrainState
 from train.validate import ConfigError, grad_accum_steps
 
 
+class DatasetUnavailable(RuntimeError):
+    """Rank 0 could not find or prepare the dataset."""
+
+
 def _broadcast(value: Any, info: DistInfo) -> Any:
     """Rank 0's value on every rank."""
     box = [value if info.is_main else None]
@@ -41,9 +45,16 @@ def _agree_run_dir(run_dir: str, info: DistInfo) -> None:
 
 
 def _prepare_data(cfg: RunConfig, info: DistInfo) -> Path:
-    if info.is_main and cfg.data.prepare_if_missing:
-        ensure_dataset(cfg.data)
-    dist.barrier()  # the other ranks wait for rank 0's tokenizer and shards
+    """Rank 0 prepares the tokenizer and shards when missing; the others wait, then share its verdict."""
+    error = None
+    if info.is_main:
+        try:
+            ensure_dataset(cfg.data)
+        except Exception as err:  # every rank must learn of it, or the others wait forever
+            error = f"{type(err).__name__}: {err}"
+    error = _broadcast(error, info)
+    if error is not None:
+        raise DatasetUnavailable(f"data.dir={cfg.data.dir}: {error}")
     return Path(cfg.data.dir)
 
 
@@ -162,6 +173,10 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
     except BaseException:
         logger.abort()
         raise
+    finally:
+        # Stop the loaders' prefetch threads before the process group and interpreter go away.
+        train_loader.close()
+        val_loader.close()
     if "stopped_by" in final:
         logger.abort()
         return final

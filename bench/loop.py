@@ -1,0 +1,115 @@
+"""Framework overhead: tokens/s of `train`'s loop against a minimal hand-written loop, same run, same work.
+
+Both train the same model on the same TokenLoader batches with the same AdamW; the minimal loop is
+forward, loss, backward, clip, step and nothing else. It runs before and after the framework (the mean is
+the baseline, so drift of a noisy machine cancels). Goal: framework / minimal >= 0.95.
+
+    python -m bench.loop [hydra overrides, e.g. model=125m trainer.seq_len=1024]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from data import TokenLoader, ensure_dataset
+from model import Transformer
+from train.config import RunConfig, register_configs
+from train.run import run_training
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+STEPS = 40
+"""Timed steps per loop; the first WARMUP steps of each are not timed (allocator, thread pools)."""
+WARMUP = 5
+DEFAULTS = [
+    "data=stdlib_small",
+    "trainer.seq_len=128",
+    "trainer.micro_batch=8",
+    "trainer.global_batch_tokens=1024",
+    "optim.warmup_steps=5",
+    "wandb.mode=disabled",
+    "checkpoint.interval=0",
+    "checkpoint.export_safetensors=false",
+    "trainer.eval_interval=0",
+    "trainer.eval_batches=1",
+    "trainer.diag_interval=0",
+]
+
+
+def compose_config(overrides: list[str], run_dir: str) -> RunConfig:
+    register_configs()
+    all_overrides = [
+        *DEFAULTS,
+        f"trainer.max_steps={WARMUP + STEPS}",
+        f"trainer.log_interval={WARMUP + STEPS}",
+        f"run.dir={run_dir}",
+        "checkpoint.resume=none",
+        *overrides,
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="config", overrides=all_overrides)
+    return OmegaConf.to_object(cfg)
+
+
+def minimal_loop(cfg: RunConfig) -> float:
+    """tokens/s of the plainest loop that does the same work."""
+    t = cfg.trainer
+    torch.manual_seed(cfg.run.seed)
+    model = Transformer(cfg.model)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=0.1
+    )
+    loader = TokenLoader(cfg.data.dir, "train", t.seq_len, t.micro_batch, 0, 1, cfg.run.seed)
+    accum = t.global_batch_tokens // (t.seq_len * t.micro_batch)
+    start = 0.0
+    for step in range(WARMUP + STEPS):
+        if step == WARMUP:
+            start = time.perf_counter()
+        for _ in range(accum):
+            inputs, targets = next(loader)
+            loss = F.cross_entropy(model(inputs).float().flatten(0, 1), targets.flatten())
+            (loss / accum).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+    loader.close()
+    return STEPS * t.global_batch_tokens / (time.perf_counter() - start)
+
+
+def framework_loop(cfg: RunConfig) -> float:
+    """tokens/s the framework itself reports over the same steps (its timing window excludes eval)."""
+    config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    final = run_training(cfg, config_yaml)
+    return final["tokens_per_s"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    overrides = list(argv if argv is not None else sys.argv[1:])
+    with tempfile.TemporaryDirectory(prefix="bench-loop-") as run_dir:
+        cfg = compose_config(overrides, run_dir)
+        ensure_dataset(cfg.data)
+        print(
+            f"model {cfg.model.name}/{cfg.model.attention}, {cfg.trainer.global_batch_tokens} tokens/step "
+            f"(micro_batch {cfg.trainer.micro_batch} x seq_len {cfg.trainer.seq_len}), {STEPS} timed steps, "
+            f"{torch.get_num_threads()} threads",
+            flush=True,
+        )
+        before = minimal_loop(cfg)
+        framework = framework_loop(cfg)
+        after = minimal_loop(cfg)
+    baseline = (before + after) / 2
+    print(f"minimal loop:   {baseline:10.0f} tokens/s  (before {before:.0f}, after {after:.0f})")
+    print(f"framework loop: {framework:10.0f} tokens/s")
+    print(f"ratio framework/minimal: {framework / baseline:.3f}  (goal >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
