@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 @dataclass
 class SourceConfig:
     kind: str = "stdlib"
-    """stdlib (the running Python's standard library .py files; offline everywhere) | text | jsonl | parquet | hf."""
+    """stdlib (the running Python's standard library .py files; offline everywhere) | text | jsonl | parquet
+    | hf."""
     paths: list[str] = field(default_factory=list)
     """Glob patterns of local files, for text / jsonl / parquet."""
     text_field: str = "text"
@@ -21,6 +22,8 @@ class SourceConfig:
     """Hugging Face split (kind=hf)."""
     streaming: bool = True
     """Stream a Hugging Face dataset instead of downloading it whole (kind=hf)."""
+    hf_data_files: list[str] = field(default_factory=list)
+    """Files passed to load_dataset's data_files (kind=hf), e.g. local files with hf_path=json or parquet."""
     max_docs: int | None = None
     """Stop after this many documents (None: the whole source)."""
 
@@ -28,7 +31,8 @@ class SourceConfig:
 @dataclass
 class TokenizerConfig:
     name: str = "bpe"
-    """bpe (a byte-level BPE trained on the corpus and saved as .tiktoken) | a tiktoken encoding: gpt2, cl100k_base, o200k_base."""
+    """bpe (a byte-level BPE trained on the corpus and saved as .tiktoken) | a tiktoken encoding: gpt2,
+    cl100k_base, o200k_base (loaded from tiktoken's cache: TIKTOKEN_CACHE_DIR when offline)."""
     vocab_size: int = 8192
     """Vocabulary size of a trained BPE, special tokens included."""
     path: str = "${data.dir}/tokenizer"
@@ -41,7 +45,9 @@ class TokenizerConfig:
 class DataConfig:
     name: str = "stdlib"
     """Dataset name, for run names and reports."""
-    dir: str = "${oc.env:DIFFV2_DATA,.cache/data}/${data.name}-${data.tokenizer.name}${data.tokenizer.vocab_size}"
+    dir: str = (
+        "${oc.env:DIFFV2_DATA,.cache/data}/${data.name}-${data.tokenizer.name}${data.tokenizer.vocab_size}"
+    )
     """Directory of the token shards and their manifest."""
     source: SourceConfig = field(default_factory=SourceConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

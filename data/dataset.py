@@ -1,0 +1,104 @@
+"""A prepared split as one long token stream over memory-mapped shards, cut into fixed-length windows.
+
+Window i covers tokens [i * seq_len, i * seq_len + seq_len + 1): its first seq_len tokens are the inputs and
+its last seq_len the targets, so consecutive windows share one token and documents pack across windows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from data.prepare import MANIFEST
+from data.shards import VERSION, DatasetError, dtype_for_vocab, open_shard
+from data.writer import SPLITS
+
+
+def read_manifest(dataset_dir: Path) -> dict:
+    """The manifest of a prepared dataset directory, checked for presence and format version."""
+    if not dataset_dir.is_dir():
+        raise DatasetError(
+            f"{dataset_dir}: dataset directory does not exist; run `python -m data.prepare` "
+            "(with the same data.* settings) to create it"
+        )
+    path = dataset_dir / MANIFEST
+    if not path.is_file():
+        raise DatasetError(f"{path}: manifest is missing; the dataset was never prepared or is unfinished")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}: not valid JSON ({err})") from err
+    if manifest.get("format_version") != VERSION:
+        raise DatasetError(
+            f"{path}: format_version {manifest.get('format_version')!r}, this code reads version {VERSION}"
+        )
+    return manifest
+
+
+class TokenDataset:
+    def __init__(self, dataset_dir: str | Path, split: str, seq_len: int) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}; expected one of {list(SPLITS)}")
+        if seq_len <= 0:
+            raise ValueError(f"seq_len={seq_len}; expected a positive number of tokens")
+        self.dir = Path(dataset_dir)
+        manifest = read_manifest(self.dir)
+        tok = manifest["tokenizer"]
+        self.fingerprint: str = manifest["fingerprint"]
+        self.vocab_size: int = tok["n_vocab"]
+        self.eot_token: int = tok["eot_token"]
+        self.seq_len = seq_len
+        dtype = dtype_for_vocab(self.vocab_size)
+        self.shards: list[np.ndarray] = []
+        for entry in manifest["splits"][split]["shards"]:
+            path = self.dir / entry["file"]
+            header, tokens = open_shard(path)
+            if header.vocab_size > 2 ** (8 * header.itemsize):
+                raise DatasetError(
+                    f"{path}: vocabulary of {header.vocab_size} tokens is too large for {header.dtype.name} "
+                    f"tokens (at most {2 ** (8 * header.itemsize)}); expected uint32 shards"
+                )
+            expected = {
+                "token count": (header.num_tokens, entry["tokens"]),
+                "bytes per token": (header.itemsize, dtype.itemsize),
+                "vocabulary size": (header.vocab_size, self.vocab_size),
+                "tokenizer fingerprint": (header.tokenizer_fingerprint.hex(), tok["fingerprint"][:32]),
+            }
+            for what, (found, wanted) in expected.items():
+                if found != wanted:
+                    raise DatasetError(
+                        f"{path}: shard header {what} is {found} but {self.dir / MANIFEST} expects {wanted}"
+                    )
+            self.shards.append(tokens)
+        sizes = np.array([len(s) for s in self.shards], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(sizes)])
+        self.num_tokens = int(self.starts[-1])
+        self.num_sequences = max(0, (self.num_tokens - 1) // seq_len)
+        if self.num_sequences == 0:
+            raise DatasetError(
+                f"{self.dir / MANIFEST}: the {split} split holds {self.num_tokens} tokens, too few for one "
+                f"sequence of seq_len={seq_len} (+1 target token); prepare more text or lower seq_len"
+            )
+
+    def tokens(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the split's stream as int64, read across shard boundaries."""
+        out = np.empty(stop - start, dtype=np.int64)
+        shard = int(np.searchsorted(self.starts, start, side="right")) - 1
+        filled = 0
+        while filled < len(out):
+            lo = start + filled - int(self.starts[shard])
+            piece = self.shards[shard][lo : lo + len(out) - filled]
+            out[filled : filled + len(piece)] = piece
+            filled += len(piece)
+            shard += 1
+        return out
+
+    def windows(self, ids: np.ndarray) -> np.ndarray:
+        """[len(ids), seq_len + 1] int64 windows."""
+        span = self.seq_len + 1
+        out = np.empty((len(ids), span), dtype=np.int64)
+        for row, i in enumerate(ids.tolist()):
+            out[row] = self.tokens(i * self.seq_len, i * self.seq_len + span)
+        return out

@@ -1,0 +1,207 @@
+"""TokenLoader: every rank's slice of one deterministic global stream of fixed-length windows.
+
+The global stream is epoch 0's seeded permutation of all windows, then epoch 1's, and so on. Global
+micro-step k takes stream positions [k * G, (k + 1) * G) with G = world_size * micro_batch, and rank r gets
+the r-th block of micro_batch of them. The only state is the global cursor (windows the whole job has
+consumed), so a job resumed on another world size at an optimizer-step boundary, with the same global
+batch, reads exactly the windows the uninterrupted job would have read next.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.dataset import TokenDataset
+from data.shards import DatasetError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class _Prefetcher:
+    """A daemon thread that builds batches for cursors start, start + step, ... ahead of the consumer."""
+
+    def __init__(self, make_batch: Callable[[int], Batch], start: int, step: int, depth: int) -> None:
+        self._make_batch = make_batch
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(start, step), daemon=True, name="TokenLoader")
+        self._thread.start()
+
+    def _run(self, cursor: int, step: int) -> None:
+        while not self._stop.is_set():
+            try:
+                item: object = (cursor, self._make_batch(cursor))
+            except BaseException as err:  # handed to the consumer, which re-raises it in its own thread
+                item = err
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+            cursor += step
+
+    def get(self) -> tuple[int, Batch]:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class TokenLoader:
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        split: str,
+        seq_len: int,
+        micro_batch: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        shuffle: bool = True,
+        prefetch: int = 2,
+        pin_memory: bool = False,
+    ) -> None:
+        """Iterating yields (inputs, targets), int64 [micro_batch, seq_len], endlessly (the caller bounds it).
+
+        prefetch: batches built ahead in a background thread (0: built on demand in the caller's thread).
+        pin_memory: page-lock batches for asynchronous host-to-device copies (only when CUDA is present).
+        """
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank}, world_size={world_size}; expected 0 <= rank < world_size")
+        if micro_batch < 1:
+            raise ValueError(f"micro_batch={micro_batch}; expected at least 1 sequence")
+        if prefetch < 0:
+            raise ValueError(f"prefetch={prefetch}; expected 0 (no background thread) or more batches")
+        self._data = TokenDataset(dataset_dir, split, seq_len)
+        self.split = split
+        self.seq_len = seq_len
+        self.micro_batch = micro_batch
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.prefetch = prefetch
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.fingerprint: str = self._data.fingerprint
+        self.vocab_size: int = self._data.vocab_size
+        self.eot_token: int = self._data.eot_token
+        self.num_sequences: int = self._data.num_sequences
+        self.global_batch = world_size * micro_batch
+        """Windows one global micro-step consumes across all ranks."""
+        self._cursor = 0
+        self._perms: dict[int, np.ndarray] = {}
+        self._perms_lock = threading.Lock()
+        self._prefetcher: _Prefetcher | None = None
+
+    @property
+    def cursor(self) -> int:
+        """Windows the whole job has consumed (all ranks, all epochs)."""
+        return self._cursor
+
+    @property
+    def epoch(self) -> int:
+        return self._cursor // self.num_sequences
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        with self._perms_lock:
+            if epoch not in self._perms:
+                if len(self._perms) >= 2:  # a batch spans at most two epochs
+                    self._perms.pop(min(self._perms))
+                rng = np.random.default_rng([self.seed, epoch])
+                self._perms[epoch] = rng.permutation(self.num_sequences)
+            return self._perms[epoch]
+
+    def window_ids(self, start: int, count: int) -> np.ndarray:
+        """Window indices at global stream positions [start, start + count)."""
+        positions = np.arange(start, start + count, dtype=np.int64)
+        epochs, within = np.divmod(positions, self.num_sequences)
+        if not self.shuffle:
+            return within
+        ids = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs).tolist():
+            mask = epochs == epoch
+            ids[mask] = self._permutation(epoch)[within[mask]]
+        return ids
+
+    def batch_at(self, cursor: int) -> Batch:
+        """This rank's batch of the global micro-step that starts at global position `cursor`."""
+        ids = self.window_ids(cursor + self.rank * self.micro_batch, self.micro_batch)
+        windows = torch.from_numpy(self._data.windows(ids))
+        inputs, targets = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+        if self.pin_memory:
+            inputs, targets = inputs.pin_memory(), targets.pin_memory()
+        return inputs, targets
+
+    def __iter__(self) -> TokenLoader:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.prefetch == 0:
+            batch = self.batch_at(self._cursor)
+        else:
+            if self._prefetcher is None:
+                self._prefetcher = _Prefetcher(self.batch_at, self._cursor, self.global_batch, self.prefetch)
+            cursor, batch = self._prefetcher.get()
+            assert cursor == self._cursor, (cursor, self._cursor)
+        self._cursor += self.global_batch
+        return batch
+
+    def _stop_prefetch(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
+    def reset(self) -> None:
+        """Back to the start of the stream (for the validation split: the same batches every evaluation)."""
+        self._stop_prefetch()
+        self._cursor = 0
+
+    def close(self) -> None:
+        """Stops the background thread (it is a daemon, so forgetting this never blocks exit)."""
+        self._stop_prefetch()
+
+    def state_dict(self) -> dict[str, object]:
+        """The global position: equal on every rank, valid for any world size with the same global batch."""
+        return {
+            "cursor": self._cursor,
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "fingerprint": self.fingerprint,
+            "seq_len": self.seq_len,
+            "split": self.split,
+            "shuffle": self.shuffle,
+        }
+
+    def load_state_dict(self, state: dict[str, object], allow_fingerprint_mismatch: bool = False) -> None:
+        """Continues the global stream at `state`'s cursor; batches already prefetched are dropped."""
+        if state["fingerprint"] != self.fingerprint and not allow_fingerprint_mismatch:
+            raise DatasetError(
+                f"{self._data.dir}: the checkpoint's loader state is for dataset fingerprint "
+                f"{str(state['fingerprint'])[:16]}... but this dataset is {self.fingerprint[:16]}...; "
+                "resuming would not continue the same data stream. "
+                "Set data.allow_fingerprint_mismatch=true to resume anyway"
+            )
+        for key in ("seed", "seq_len", "split", "shuffle"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"loader state has {key}={state[key]!r} but this loader has "
+                    f"{key}={getattr(self, key)!r}; the global stream would differ"
+                )
+        cursor = int(state["cursor"])
+        if cursor < 0:
+            raise ValueError(f"loader state cursor={cursor}; expected >= 0")
+        self._stop_prefetch()
+        self._cursor = cursor

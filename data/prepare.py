@@ -1,0 +1,289 @@
+"""`python -m data.prepare <hydra overrides>`: tokenize a corpus into train/val token shards plus a manifest.
+
+Workers tokenize batches of documents in parallel; the parent keeps their order, so the shards are the same
+for any number of workers. After each shard the position in the source is saved (write, then rename); a
+rerun verifies the finished shards, skips the text they cover and continues, giving byte-identical files.
+The manifest appears last, so its presence means the dataset is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import tiktoken
+from tqdm import tqdm
+
+from data.bpe import train_bpe
+from data.config import DataConfig
+from data.encode import encode_batch, init_worker
+from data.shards import VERSION, DatasetError, atomic_write_json, dtype_for_vocab
+from data.sources import count_documents, describe_source, iter_documents
+from data.tokenizer import encoding_fingerprint, load_tokenizer, save_bpe, tokenizer_files
+from data.writer import SPLITS, SplitWriter, empty_split_state
+
+MANIFEST = "manifest.json"
+PROGRESS = ".prepare_progress.json"
+BATCH_CHARS = 1 << 20
+"""Characters of text per worker task: big enough to amortise pickling, small enough to keep workers busy."""
+BATCH_DOCS = 256
+
+
+def is_validation_doc(index: int, fraction: float) -> bool:
+    """Document `index` is a validation document when its hash falls below `fraction` (stable, streamable)."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.blake2b(index.to_bytes(8, "little"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < fraction * 2**64
+
+
+def _settings(cfg: DataConfig, enc: tiktoken.Encoding) -> dict[str, object]:
+    """Everything that decides the bytes of the shards; a rerun must match it to continue a prepare."""
+    return {
+        "format_version": VERSION,
+        "source": asdict(cfg.source),
+        "tokenizer": {
+            "name": cfg.tokenizer.name,
+            "n_vocab": enc.n_vocab,
+            "fingerprint": encoding_fingerprint(enc),
+        },
+        "shard_tokens": cfg.shard_tokens,
+        "val_fraction": cfg.val_fraction,
+    }
+
+
+def _check_settings(path: Path, found: dict, expected: dict) -> None:
+    if found != expected:
+        keys = sorted(k for k in expected.keys() | found.keys() if found.get(k) != expected.get(k))
+        raise DatasetError(
+            f"{path} was written with other settings (differing: {keys}); nothing was changed. "
+            "Use another data.dir, or delete that directory to prepare it again"
+        )
+
+
+def _train_texts(cfg: DataConfig) -> Iterator[str]:
+    """The first `tokenizer.train_bytes` bytes of training documents (validation documents stay unseen)."""
+    seen = 0
+    for index, text in enumerate(iter_documents(cfg.source)):
+        if seen >= cfg.tokenizer.train_bytes:
+            return
+        if not is_validation_doc(index, cfg.val_fraction):
+            seen += len(text.encode("utf-8"))
+            yield text
+
+
+def tokenizer_for(cfg: DataConfig) -> tiktoken.Encoding:
+    """Loads the configured tokenizer; a `bpe` that does not exist yet is trained on the corpus and saved."""
+    if cfg.tokenizer.name != "bpe" or any(f.exists() for f in tokenizer_files(cfg.tokenizer.path)):
+        return load_tokenizer(cfg.tokenizer)
+    texts = list(_train_texts(cfg))
+    if not texts:
+        raise DatasetError(
+            f"the source {describe_source(cfg.source)} yielded no documents; nothing to prepare"
+        )
+    import tokenizers
+
+    print(f"training a {cfg.tokenizer.vocab_size}-token BPE on {sum(map(len, texts)) / 1e6:.1f}M characters")
+    enc = train_bpe(texts, cfg.tokenizer.vocab_size)
+    info = {"trainer": f"huggingface tokenizers {tokenizers.__version__}", "train_documents": len(texts)}
+    save_bpe(enc, cfg.tokenizer.path, info)
+    return enc
+
+
+def _batches(docs: Iterator[tuple[int, str]]) -> Iterator[tuple[list[int], list[str]]]:
+    indices: list[int] = []
+    texts: list[str] = []
+    chars = 0
+    for index, text in docs:
+        indices.append(index)
+        texts.append(text)
+        chars += len(text)
+        if chars >= BATCH_CHARS or len(texts) >= BATCH_DOCS:
+            yield indices, texts
+            indices, texts, chars = [], [], 0
+    if texts:
+        yield indices, texts
+
+
+def _encoded(
+    batches: Iterator[tuple[list[int], list[str]]], enc: tiktoken.Encoding, workers: int
+) -> Iterator[tuple[list[int], tuple]]:
+    """Batches encoded in source order; at most a few batches per worker in flight, so a streamed corpus is
+    never read far ahead of the shards (Pool.imap would read the whole input eagerly)."""
+    if workers == 1:
+        init_worker(enc)
+        for indices, texts in batches:
+            yield indices, encode_batch(texts)
+        return
+    # spawn, not fork: the trainer may call this with torch threads and a process group alive.
+    with mp.get_context("spawn").Pool(workers, initializer=init_worker, initargs=(enc,)) as pool:
+        pending: deque = deque()
+        for indices, texts in batches:
+            pending.append((indices, pool.apply_async(encode_batch, (texts,))))
+            if len(pending) >= 4 * workers:
+                indices, result = pending.popleft()
+                yield indices, result.get()
+        while pending:
+            indices, result = pending.popleft()
+            yield indices, result.get()
+
+
+def _num_workers(cfg: DataConfig) -> int:
+    if cfg.num_workers < 0:
+        raise DatasetError(f"data.num_workers={cfg.num_workers}; expected 0 (all cores) or a positive count")
+    return cfg.num_workers or len(os.sched_getaffinity(0))
+
+
+def prepare_dataset(cfg: DataConfig) -> Path:
+    """Tokenizes `cfg.source` into `cfg.dir` (shards + manifest) and returns the manifest path.
+
+    Restartable: a rerun after a crash continues where the last finished shard ended; a rerun after success
+    returns at once. A directory holding a dataset made with other settings is an error and is left as is.
+    """
+    out = Path(cfg.dir)
+    manifest_path = out / MANIFEST
+    enc = tokenizer_for(cfg)
+    dtype = dtype_for_vocab(enc.n_vocab)
+    fingerprint = encoding_fingerprint(enc)
+    settings = _settings(cfg, enc)
+    if manifest_path.exists():
+        _check_settings(manifest_path, json.loads(manifest_path.read_text()).get("settings", {}), settings)
+        return manifest_path
+
+    progress_path = out / PROGRESS
+    if progress_path.exists():
+        progress = json.loads(progress_path.read_text())
+        _check_settings(progress_path, progress.get("settings", {}), settings)
+    else:
+        progress = {"settings": settings, "splits": {split: empty_split_state() for split in SPLITS}}
+    workers = _num_workers(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp*"):  # temporaries of a crashed run: never visible, never complete
+        stale.unlink()
+
+    def save_progress() -> None:
+        atomic_write_json(progress_path, progress)
+
+    writers = {
+        split: SplitWriter(
+            out, split, progress["splits"][split], cfg.shard_tokens, enc.n_vocab, fingerprint, save_progress
+        )
+        for split in SPLITS
+    }
+    for writer in writers.values():
+        writer.verify_existing()
+
+    total_docs = count_documents(cfg.source)
+    bar = tqdm(total=total_docs, unit="doc", desc=f"prepare {out.name}", dynamic_ncols=True, file=sys.stderr)
+    docs_read = 0
+
+    def wanted() -> Iterator[tuple[int, str]]:
+        nonlocal docs_read
+        for index, text in enumerate(iter_documents(cfg.source)):
+            docs_read = index + 1
+            split = "val" if is_validation_doc(index, cfg.val_fraction) else "train"
+            if writers[split].wants(index):
+                yield index, text
+
+    start, tokens = time.perf_counter(), 0
+    for indices, (lengths, flat) in _encoded(_batches(wanted()), enc, workers):
+        pos = 0
+        for index, length in zip(indices, lengths.tolist(), strict=True):
+            split = "val" if is_validation_doc(index, cfg.val_fraction) else "train"
+            writers[split].add(index, flat[pos : pos + length])
+            pos += length
+        tokens += pos
+        bar.update(indices[-1] + 1 - bar.n)  # documents done, including ones an earlier run wrote
+        rate = tokens / (time.perf_counter() - start)
+        bar.set_postfix_str(f"{rate / 1e6:.2f}M tok/s, {tokens / 1e6:.1f}M tok")
+    bar.update(docs_read - bar.n)
+    bar.close()
+    for writer in writers.values():
+        writer.finish(docs_read)
+    save_progress()
+
+    splits = {
+        split: {
+            "shards": state["shards"],
+            "tokens": sum(s["tokens"] for s in state["shards"]),
+            "documents": state["documents"],
+        }
+        for split, state in progress["splits"].items()
+    }
+    if splits["train"]["tokens"] == 0:
+        raise DatasetError(
+            f"the source {describe_source(cfg.source)} yielded no training documents; nothing to prepare"
+        )
+    manifest = {
+        "format_version": VERSION,
+        "settings": settings,
+        "source": describe_source(cfg.source),
+        "tokenizer": {
+            "name": cfg.tokenizer.name,
+            "n_vocab": enc.n_vocab,
+            "eot_token": enc.eot_token,
+            "fingerprint": fingerprint,
+            "path": str(cfg.tokenizer.path) if cfg.tokenizer.name == "bpe" else None,
+        },
+        "dtype": dtype.name,
+        "splits": splits,
+    }
+    manifest["fingerprint"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    atomic_write_json(manifest_path, manifest)
+    progress_path.unlink()
+    train, val = splits["train"], splits["val"]
+    print(
+        f"prepared {out}: train {train['tokens']:,} tokens in {len(train['shards'])} shards, "
+        f"val {val['tokens']:,} tokens ({time.perf_counter() - start:.1f} s)"
+    )
+    return manifest_path
+
+
+def ensure_dataset(cfg: DataConfig) -> Path:
+    """The manifest path; prepares the dataset first when it is missing and `cfg.prepare_if_missing`.
+
+    Call it on one rank only; the others wait on a barrier, then open the finished manifest.
+    """
+    manifest_path = Path(cfg.dir) / MANIFEST
+    if manifest_path.exists():
+        return manifest_path
+    if not cfg.prepare_if_missing:
+        raise DatasetError(
+            f"{manifest_path} is missing and data.prepare_if_missing=false; "
+            "run `python -m data.prepare` with the same data settings first"
+        )
+    return prepare_dataset(cfg)
+
+
+def _compose(overrides: list[str]) -> DataConfig:
+    """cfg.data of the one config tree (conf/config.yaml) with the command line's overrides applied."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from train.config import register_configs
+
+    register_configs()
+    conf_dir = Path(__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_object(cfg).data
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = _compose(list(sys.argv[1:] if argv is None else argv))
+    try:
+        prepare_dataset(cfg)
+    except DatasetError as err:
+        raise SystemExit(f"data.prepare: {err}") from None
+
+
+if __name__ == "__main__":
+    main()
