@@ -76,8 +76,11 @@ def test_values_match_direct_computations():
     q, k = attn.rotated_qk(h, (model.rope_cos[:12], model.rope_sin[:12]))
     logits = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(8)
     causal = torch.ones(12, 12, dtype=torch.bool).tril()
-    largest = logits.masked_fill(~causal, -1e9).max().item()
-    assert out["diag/qk_logit_max/L0"] == pytest.approx(largest, rel=1e-5)
+    logits = logits.masked_fill(~causal, float("-inf"))
+    assert out["diag/qk_logit_max/L0"] == pytest.approx(logits.max().item(), rel=1e-5)
+    # sink mass: probability on key 0 for queries 1.., averaged over queries and the 2h maps
+    sink = torch.softmax(logits, dim=-1)[:, :, 1:, 0].mean()
+    assert out["diag/sink_mass/L0"] == pytest.approx(sink.item(), rel=1e-5)
 
 
 def test_sink_mass_sees_a_head_that_attends_only_to_the_first_token():

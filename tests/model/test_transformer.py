@@ -125,13 +125,17 @@ def test_meta_device_init_equals_direct_init(variant, tie):
     torch.testing.assert_close(lazy(x), direct(x), rtol=0, atol=0)
 
 
-def test_residual_projections_use_the_scaled_init():
+def test_init_scales_residual_projections_and_keeps_the_reference_lambda_init():
     model = build("diff_v2", n_layers=8, d_model=256, ffn_hidden=512, n_heads=8, n_kv_heads=4)
     std = SMALL.init_std
     assert model.layers[0].attention.q_proj.weight.std().item() == pytest.approx(std, rel=0.05)
     for layer in model.layers:
         for w in (layer.attention.o_proj.weight, layer.feed_forward.w2.weight):
             assert w.std().item() == pytest.approx(std / 4.0, rel=0.05)  # 1 / sqrt(2 * 8 layers)
+        # lambda_proj keeps nn.Linear's default: U(-1/sqrt(D), 1/sqrt(D)), std 1/sqrt(3D)
+        lam = layer.attention.lambda_proj.weight
+        assert lam.abs().max().item() <= 1 / 16
+        assert lam.std().item() == pytest.approx(1 / (3 * 256) ** 0.5, rel=0.1)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
