@@ -25,6 +25,7 @@ from torch import nn
 from model.attention import Attention, DiffV1Attention, Rope, build_attention
 from model.config import ModelConfig, validate_model_config
 from model.flops import flops_per_token
+from model.generate import generate
 from model.kv_cache import KVCache
 from model.rope import rope_tables
 
@@ -136,16 +137,6 @@ class Transformer(nn.Module):
         """Training FLOPs (forward + backward) per token at this sequence length; see model/flops.py."""
         return flops_per_token(self.cfg, seq_len)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        tokens: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Continues tokens [B, N] by max_new_tokens with a KV cache; temperature 0 is greedy."""
-        from model.generate import generate
-
-        return generate(self, tokens, max_new_tokens, temperature, top_k, generator)
+    # `model.generate(tokens, max_new_tokens, temperature=1.0, top_k=None, generator=None)`: KV-cached
+    # decoding, greedy at temperature 0; see model/generate.py.
+    generate = generate
