@@ -134,6 +134,15 @@ class SweepCallback(Callback):
     """Validates and names all trials before the first starts; prints the summary table at the end."""
 
     def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
+        # Hydra turns a callback's exception into a warning and carries on: every failure here must exit.
+        try:
+            self._plan_and_validate(config, config_name or "config")
+        except Exception as exc:
+            print(f"launch: error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    @staticmethod
+    def _plan_and_validate(config: DictConfig, config_name: str) -> None:
         global STATE
         from hydra import compose
 
@@ -141,17 +150,18 @@ class SweepCallback(Callback):
         from launch.validate import validate_config
 
         raw = OmegaConf.to_container(config.hydra.overrides.task)
-        params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {})
+        params = config.hydra.sweeper.get("params")
+        params = OmegaConf.to_container(params) if params is not None else {}
         STATE = plan_sweep(Path(config.hydra.sweep.dir), expand_trials(raw, params))  # type: ignore[arg-type]
         gpus = gpus_present()
         for trial in STATE.trials:
             try:
-                overrides = [*trial.overrides, *trial.extra_overrides()]
-                cfg = compose(config_name=config_name or "config", overrides=overrides)
+                cfg = compose(config_name=config_name, overrides=[*trial.overrides, *trial.extra_overrides()])
                 validate_config(cfg, gpus=gpus)
             except Exception as exc:  # Hydra's compose errors and our ValueErrors alike: stop before any job.
-                print(f"launch: trial {trial.num} ({' '.join(trial.overrides)}): {exc}", file=sys.stderr)
-                sys.exit(2)
+                # Hydra's message says which override; its cause says which type was expected.
+                cause = f"\n{exc.__cause__}" if exc.__cause__ is not None else ""
+                raise ValueError(f"trial {trial.num} ({' '.join(trial.overrides)}): {exc}{cause}") from exc
         group = STATE.trials[0].group
         print(
             f"[launch] sweep {STATE.sweep_dir}: {len(STATE.trials)} trials, wandb group {group}", flush=True

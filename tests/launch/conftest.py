@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from train.config import register_configs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,7 +33,8 @@ TINY = [
     "optim.warmup_steps=1",
     "checkpoint.interval=0",
     "data=stdlib_small",
-    "wandb.mode=offline",
+    "wandb.mode=disabled",
+    "checkpoint.export_safetensors=false",
 ]
 
 
@@ -88,3 +93,13 @@ def _table_rows(stdout: str) -> dict[str, list[str]]:
 @pytest.fixture
 def table_rows():
     return _table_rows
+
+
+@pytest.fixture
+def hydra_conf():
+    """Hydra's compose API over the repo's conf/, as `python -m launch` composes it."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        yield
+    GlobalHydra.instance().clear()

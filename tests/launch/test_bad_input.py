@@ -1,10 +1,18 @@
-"""Bad input stops `python -m launch` with a message naming the field, before any torchrun starts."""
+"""Bad input stops `python -m launch` with a message naming the field, before any torchrun starts.
+
+The value checks run in-process on the composed config (the same call the CLI makes); the CLI cases check
+the plumbing: Hydra's own errors, our errors, a non-zero exit and no agent started.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from hydra import compose
+
+from launch.nodes import LaunchError
+from launch.validate import validate_config
 
 
 def assert_refused(proc, *needles: str) -> None:
@@ -15,37 +23,76 @@ def assert_refused(proc, *needles: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "needles"),
+    ("overrides", "gpus", "message"),
     [
-        (["launch.foo=1"], ["launch.foo"]),
-        (["launch=bogus"], ["launch/bogus", "multinode"]),
-        (["launch.nproc_per_node=many"], ["launch.nproc_per_node='many'", "positive integer or 'auto'"]),
-        (["launch.kind=k8s"], ["launch.kind='k8s'"]),
-        (["launch.nnodes=2"], ["launch.nnodes=2", "launch=multinode"]),
-        (["launch=slurm"], ["launch.slurm.partition is required"]),
-        (["launch=slurm", "launch.slurm.partition=gpu"], ["launch.slurm.executor=slurm needs sbatch"]),
+        (
+            ["launch.nproc_per_node=many"],
+            0,
+            "launch.nproc_per_node='many': expected a positive integer or 'auto'",
+        ),
+        (["launch.kind=k8s"], 0, "launch.kind='k8s'"),
+        (["launch.nnodes=2"], 0, "launch.nnodes=2 with launch=local: use launch=multinode"),
+        (["launch.preempt_signal=NOPE"], 0, "launch.preempt_signal='NOPE'"),
+        (
+            ["parallel=ddp", "launch.nproc_per_node=2"],
+            1,
+            "launch.nproc_per_node=2 asks for 2 ranks but this node",
+        ),
+        (["launch=slurm"], 0, "launch.slurm.partition is required"),
+        (["launch=slurm", "launch.slurm.partition=gpu"], 0, "launch.slurm.executor=slurm needs sbatch"),
         (
             ["launch=slurm", "launch.slurm.partition=gpu", "launch.slurm.dry_run=true", "parallel=ddp"]
             + ["launch.slurm.gpus_per_node=2", "launch.nproc_per_node=4"],
-            ["launch.nproc_per_node=4", "launch.slurm.gpus_per_node requests 2 GPU"],
+            0,
+            "launch.nproc_per_node=4 asks for 4 ranks but launch.slurm.gpus_per_node requests 2 GPU(s)",
         ),
-        (["+experiment=lr_stability"], ["add --multirun"]),
-        (["model.n_heads=3"], ["n_heads"]),
+        (
+            ["launch=slurm", "launch.slurm.executor=local", "launch.nnodes=2"],
+            0,
+            "launch.slurm.executor=local",
+        ),
+        (["launch=slurm", "launch.slurm.executor=local", "launch.slurm.time_min=1"], 0, "signal_delay_s=120"),
+        (["launch=multinode", "launch.nnodes=2", "launch.node_rank=5"], 0, "launch.node_rank=5"),
+        (["launch.nproc_per_node=2"], 0, "parallel.mode='single' runs one process, but world_size=2"),
+        (["model.n_heads=3"], 0, "n_heads"),
     ],
     ids=[
-        "unknown-option",
-        "unknown-launch-preset",
         "nproc-not-a-number",
         "unknown-kind",
         "local-with-two-nodes",
+        "unknown-signal",
+        "nproc-above-gpus-present",
         "slurm-without-partition",
         "slurm-without-sbatch",
-        "nproc-above-gpus",
-        "experiment-without-multirun",
-        "bad-train-value",
+        "nproc-above-slurm-gpus",
+        "local-executor-two-nodes",
+        "signal-after-time-limit",
+        "node-rank-outside-job",
+        "train-check-at-launch-world-size",
+        "model-check",
     ],
 )
-def test_bad_launch_input_is_refused_naming_the_field(
+def test_bad_value_is_refused_naming_the_field(
+    hydra_conf, overrides: list[str], gpus: int, message: str
+) -> None:
+    with pytest.raises(ValueError) as err:
+        validate_config(compose("config", overrides=overrides), gpus=gpus)
+    assert message in str(err.value)
+    if any(o.startswith("launch") for o in overrides) and "model" not in message:
+        assert isinstance(err.value, LaunchError) or "world_size" in message
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["launch.foo=1"], ["launch.foo", "LaunchConfig"]),
+        (["launch=bogus"], ["launch/bogus", "multinode"]),
+        (["launch=slurm"], ["launch: error: launch.slurm.partition is required"]),
+        (["+experiment=lr_stability"], ["add --multirun"]),
+    ],
+    ids=["unknown-option", "unknown-launch-preset", "slurm-without-partition", "experiment-without-multirun"],
+)
+def test_cli_refuses_bad_input_before_starting_torchrun(
     args: list[str], needles: list[str], tmp_path: Path, run_launch
 ) -> None:
     assert_refused(run_launch([*args, f"run.dir={tmp_path}/run"], None, tmp_path, timeout=60), *needles)
@@ -57,5 +104,5 @@ def test_a_sweep_value_of_the_wrong_type_stops_the_whole_sweep_first(tmp_path: P
     proc = run_launch(
         ["--multirun", "optim.lr=1e-3,fast", f"hydra.sweep.dir={sweep_dir}"], None, tmp_path, 60
     )
-    assert_refused(proc, "optim.lr", "fast")
+    assert_refused(proc, "optim.lr=fast", "could not be converted to Float", "full_key: optim.lr")
     assert not sweep_dir.exists() or not any(p.is_dir() for p in sweep_dir.iterdir())

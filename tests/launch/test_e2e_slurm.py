@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +59,50 @@ def test_local_executor_runs_the_slurm_job_to_completion(data_env, tmp_path: Pat
     assert json.loads((run_dir / "launch.json").read_text())["exit_code"] == 0
     (log,) = (run_dir / "slurm").glob("*_0_log.out")  # the submitit task's output: our agent ran there
     assert "torchrun exited with code 0" in log.read_text()
+
+
+def descendants(pid: int) -> list[int]:
+    from launch.process import child_pids
+
+    found = child_pids(pid)
+    return found + [d for child in found for d in descendants(child)]
+
+
+def cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+@pytest.mark.slow
+def test_preempted_job_checkpoints_requeues_and_resumes(
+    data_env, tmp_path: Path, tiny, hydra_conf, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SLURM's pre-emption signal, delivered to the task as SLURM would: the ranks checkpoint, submitit
+    requeues, the job resumes from that checkpoint and finishes."""
+    from hydra import compose
+
+    from launch.command import train_overrides
+    from launch.slurm import submit
+
+    for key in ("DIFFV2_DATA", "WANDB_SILENT", "OMP_NUM_THREADS"):
+        monkeypatch.setenv(key, data_env[key])  # the job's processes inherit our environment
+    run_dir = tmp_path / "preempted"
+    overrides = [*tiny, "trainer.max_steps=40", "trainer.log_interval=1", f"run.dir={run_dir}"]
+    launch = ["launch=slurm", "launch.slurm.executor=local", "launch.nproc_per_node=1"]
+    cfg = compose("config", overrides=[*overrides, *launch])
+    job = submit(cfg, train_overrides(overrides))
+    assert job is not None
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not any("loss" in r for r in read_metrics(metrics)):
+        assert time.monotonic() < deadline and not job.job.done(), "training never started"
+        time.sleep(0.2)
+    (task,) = [p for p in descendants(job.job._process.pid) if b"submitit.core._submit" in cmdline(p)]
+    os.kill(task, signal.SIGUSR1)
+    assert job.wait() == 0
+    (log,) = (run_dir / "slurm").glob("*_0_log.out")
+    text = log.read_text()
+    stopped = re.search(r"stopped by SIGUSR1 at step (\d+): checkpoint saved", text)
+    assert stopped, text[-3000:]
+    assert f"at step {stopped.group(1)}" in text[stopped.end() :].split("resumed from", 1)[1]
+    assert "Requeued" in text or "requeu" in text.lower()
+    assert any(r.get("event") == "end" and r.get("step") == 40 for r in read_metrics(metrics))

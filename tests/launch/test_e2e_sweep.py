@@ -26,6 +26,7 @@ def test_two_by_two_sweep_runs_four_named_trials_in_one_wandb_group(
     args = [
         "--multirun",
         *tiny,
+        "wandb.mode=offline",
         "optim.lr=1e-3,2e-3",
         "attention=baseline,diff_v2",
         f"hydra.sweep.dir={sweep_dir}",
