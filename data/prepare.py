@@ -98,6 +98,14 @@ def tokenizer_for(cfg: DataConfig) -> tiktoken.Encoding:
     return enc
 
 
+def _relative_to(path: Path, root: Path) -> str:
+    """`path` relative to the dataset directory when inside it, so a moved dataset's manifest stays right."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _batches(docs: Iterator[tuple[int, str]]) -> Iterator[tuple[list[int], list[str]]]:
     indices: list[int] = []
     texts: list[str] = []
@@ -231,7 +239,7 @@ def prepare_dataset(cfg: DataConfig) -> Path:
             "n_vocab": enc.n_vocab,
             "eot_token": enc.eot_token,
             "fingerprint": fingerprint,
-            "path": str(cfg.tokenizer.path) if cfg.tokenizer.name == "bpe" else None,
+            "path": _relative_to(Path(cfg.tokenizer.path), out) if cfg.tokenizer.name == "bpe" else None,
         },
         "dtype": dtype.name,
         "splits": splits,

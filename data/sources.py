@@ -43,8 +43,9 @@ def expand_paths(patterns: list[str], field: str = "data.source.paths") -> list[
 
 
 def _read_text(path: Path) -> str:
-    # Undecodable bytes become U+FFFD instead of failing: a corpus with one odd file still prepares.
-    return path.read_text(encoding="utf-8", errors="replace")
+    # Bytes as they are (no newline translation: \r\n stays), and undecodable bytes become U+FFFD instead
+    # of failing, so a corpus with one odd file still prepares.
+    return path.read_bytes().decode("utf-8", errors="replace")
 
 
 def _text_field(row: object, field: str, where: str) -> str:
