@@ -86,10 +86,11 @@ class Attention(nn.Module):
             k, v = cache.update(k, v)
         attn = attention(q, k, v, self.attn_impl)  # [B, N, Hq, d]
         if self.use_diff_v2:
-            if self.pairing == "grouped":
-                attn1, attn2 = attn[:, :, 0::2], attn[:, :, 1::2]
-            else:
-                attn1, attn2 = attn[:, :, : self.n_heads], attn[:, :, self.n_heads :]
+            # unbind, not strided slices: its backward stacks the two gradients instead of zero-filling twice
+            if self.pairing == "grouped":  # heads (2j, 2j+1)
+                attn1, attn2 = attn.unflatten(2, (self.n_heads, 2)).unbind(3)
+            else:  # heads (j, h + j)
+                attn1, attn2 = attn.unflatten(2, (2, self.n_heads)).unbind(2)
             lam = self.lambda_values(x)
             attn = attn1 - attn2 if lam is None else attn1 - lam.unsqueeze(-1) * attn2
         return self.o_proj(attn.reshape(b, n, self.n_heads * self.head_dim))
