@@ -43,22 +43,39 @@ def test_dry_run_prints_the_sbatch_script_for_the_composed_run(tmp_path: Path, r
 
 
 @pytest.mark.slow
-def test_local_executor_runs_the_slurm_job_to_completion(data_env, tmp_path: Path, tiny, run_launch) -> None:
-    run_dir = tmp_path / "runs" / "via_submitit"
+def test_local_executor_runs_submitted_sweep_jobs_to_completion(
+    data_env, tmp_path: Path, tiny, run_launch, table_rows
+) -> None:
+    """launch=slurm sweeps submit every trial, then wait for all; submitit's local executor runs them here."""
+    sweep_dir = tmp_path / "sweeps" / "via_submitit"
     args = [
+        "--multirun",
         *tiny,
         "launch=slurm",
         "launch.slurm.executor=local",
         "launch.nproc_per_node=1",
-        f"run.dir={run_dir}",
+        "attention=baseline,diff_v2",
+        f"hydra.sweep.dir={sweep_dir}",
     ]
     proc = run_launch(args, data_env, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "submitted" in proc.stdout
-    assert any(r.get("event") == "end" and r["step"] == 4 for r in read_metrics(run_dir / "metrics.jsonl"))
-    assert json.loads((run_dir / "launch.json").read_text())["exit_code"] == 0
-    (log,) = (run_dir / "slurm").glob("*_0_log.out")  # the submitit task's output: our agent ran there
-    assert "torchrun exited with code 0" in log.read_text()
+    # Both were submitted before either was waited on.
+    submitted = [
+        i for i, line in enumerate(proc.stdout.splitlines()) if line.startswith("[launch] submitted")
+    ]
+    assert len(submitted) == 2 and submitted[1] == submitted[0] + 1
+    for name in ("0-attention-baseline", "1-attention-diff_v2"):
+        run_dir = sweep_dir / name
+        assert any(
+            r.get("event") == "end" and r["step"] == 4 for r in read_metrics(run_dir / "metrics.jsonl")
+        )
+        assert json.loads((run_dir / "launch.json").read_text())["exit_code"] == 0
+        (log,) = (run_dir / "slurm").glob("*_0_log.out")  # the submitit task's output: our agent ran there
+        assert "torchrun exited with code 0" in log.read_text()
+    assert {name: cells[0] for name, cells in table_rows(proc.stdout).items()} == {
+        "0-attention-baseline": "4",
+        "1-attention-diff_v2": "4",
+    }
 
 
 def descendants(pid: int) -> list[int]:
