@@ -57,6 +57,11 @@ class _Prefetcher:
 
     def close(self) -> None:
         self._stop.set()
+        try:  # free a slot so a producer blocked in put() wakes now instead of at its timeout
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
         self._thread.join()
 
 
