@@ -1,0 +1,158 @@
+"""`python -m bench.data`: the data path's throughput, as ratios against baselines measured in the same run.
+
+1. prepare's tokenization (all cores: worker pool + shard writing) vs single-process tiktoken
+   `encode_ordinary_batch` on the same text (goal: near-linear in cores);
+2. the loader's tokens/s for one rank, and its multiple of the tiny model's training tokens/s
+   (fwd+bwd on CPU here; goal >= 100x: the loader is never the bottleneck).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from data.config import DataConfig, SourceConfig, TokenizerConfig
+from data.prepare import prepare_dataset, tokenizer_for
+from data.sources import stdlib_files
+
+
+def _corpus(root: Path, max_bytes: int) -> list[str]:
+    """Standard-library files up to `max_bytes`, written as .txt documents under `root`."""
+    root.mkdir(parents=True)
+    docs, size = [], 0
+    for i, path in enumerate(stdlib_files()):
+        if size >= max_bytes:
+            break
+        raw = path.read_bytes()
+        (root / f"{i:05d}.txt").write_bytes(raw)
+        docs.append(raw.decode("utf-8", errors="replace"))
+        size += len(raw)
+    return docs
+
+
+def _config(corpus: Path, out: Path, tokenizer: Path, workers: int) -> DataConfig:
+    return DataConfig(
+        name="bench",
+        dir=str(out),
+        source=SourceConfig(kind="text", paths=[str(corpus / "*.txt")]),
+        tokenizer=TokenizerConfig(name="bpe", vocab_size=8192, path=str(tokenizer)),
+        shard_tokens=1_000_000,
+        val_fraction=0.01,
+        num_workers=workers,
+    )
+
+
+def _timed(fn: object) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def _pool_start_s(workers: int, enc: object) -> float:
+    """Seconds to start prepare's worker pool (spawned interpreters, pickled encoding) and run a no-op."""
+    import multiprocessing as mp
+
+    from data.encode import encode_batch, init_worker
+
+    start = time.perf_counter()
+    with mp.get_context("spawn").Pool(workers, initializer=init_worker, initargs=(enc,)) as pool:
+        pool.map(encode_batch, [[""]] * workers)
+    return time.perf_counter() - start
+
+
+def _training_tokens_per_s(seq_len: int, micro_batch: int, steps: int) -> float | None:
+    """The tiny model's fwd+bwd tokens/s on this machine, or None when the model package is unavailable."""
+    try:
+        import torch
+
+        from model import ModelConfig, Transformer
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    cfg = ModelConfig()
+    model = Transformer(cfg)
+    tokens = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len + 1))
+
+    def step() -> None:
+        logits = model(tokens[:, :-1]).float()
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+
+    step()  # warm-up: allocations, first-call dispatch
+    elapsed = sum(_timed(step)[0] for _ in range(steps))
+    return micro_batch * seq_len * steps / elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Imports torch only after prepare: spawned tokenizer workers re-import the main module (this one
+    under `python -m bench.data`), and a torch import there would be timed as part of prepare."""
+    parser = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__)
+    parser.add_argument("--mbytes", type=float, default=12.0, help="MB of stdlib text to tokenize")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--micro-batch", type=int, default=16)
+    parser.add_argument("--loader-seconds", type=float, default=3.0)
+    parser.add_argument("--train-steps", type=int, default=2, help="timed fwd+bwd steps of the tiny model")
+    args = parser.parse_args(argv)
+    cores = len(os.sched_getaffinity(0))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    try:
+        docs = _corpus(tmp / "corpus", int(args.mbytes * 1e6))
+        mbytes = sum(len(d.encode()) for d in docs) / 1e6
+        tok_path = tmp / "tokenizer"
+        train_s, enc = _timed(lambda: tokenizer_for(_config(tmp / "corpus", tmp / "tok", tok_path, 1)))
+        print(f"corpus: {len(docs)} stdlib files, {mbytes:.1f} MB; BPE 8192 trained in {train_s:.1f} s")
+
+        batch_s, encoded = _timed(lambda: enc.encode_ordinary_batch(docs))
+        n_tokens = sum(len(t) for t in encoded) + len(docs)  # + one eot per document, as prepare writes
+        one_s, _ = _timed(lambda: enc.encode_ordinary_batch(docs, num_threads=1))
+        print(
+            f"tiktoken encode_ordinary_batch, 1 process, 8 threads: {n_tokens / batch_s / 1e6:6.2f} M tok/s"
+        )
+        print(f"tiktoken encode_ordinary_batch, 1 process, 1 thread:  {n_tokens / one_s / 1e6:6.2f} M tok/s")
+
+        prep_s, manifest = _timed(lambda: prepare_dataset(_config(tmp / "corpus", tmp / "ds", tok_path, 0)))
+        print(
+            f"prepare, {cores} worker processes (read + tokenize + write shards, spawn included): "
+            f"{n_tokens / prep_s / 1e6:6.2f} M tok/s"
+        )
+        print(
+            f"  ratio prepare / encode_ordinary_batch: {batch_s / prep_s:.2f}x (8 threads), "
+            f"{one_s / prep_s:.2f}x (1 thread); {cores} cores"
+        )
+        pool_s = _pool_start_s(cores, enc)
+        steady_s = prep_s - pool_s
+        print(
+            f"  without the one-off worker start-up ({pool_s:.1f} s): "
+            f"{n_tokens / steady_s / 1e6:.2f} M tok/s, "
+            f"{one_s / steady_s:.2f}x the 1-thread baseline"
+        )
+
+        from data.loader import TokenLoader  # here, not at the top: see the note in main's docstring
+
+        loader = TokenLoader(manifest.parent, "train", args.seq_len, args.micro_batch, 0, 1, seed=0)
+        batches, start = 0, time.perf_counter()
+        for _ in loader:
+            batches += 1
+            if time.perf_counter() - start >= args.loader_seconds:
+                break
+        loader_tps = batches * args.micro_batch * args.seq_len / (time.perf_counter() - start)
+        loader.close()
+        shape = f"[{args.micro_batch}, {args.seq_len}]"
+        print(f"loader, 1 rank, {shape} batches, prefetch 2: {loader_tps / 1e6:.2f} M tok/s")
+
+        train_tps = _training_tokens_per_s(args.seq_len, args.micro_batch, args.train_steps)
+        if train_tps is None:
+            print("tiny model training: n/a (model package not importable); loader / training ratio: n/a")
+        else:
+            print(f"tiny model fwd+bwd, [{args.micro_batch}, {args.seq_len}], CPU: {train_tps:,.0f} tok/s")
+            print(f"  ratio loader / training: {loader_tps / train_tps:,.0f}x (goal >= 100x)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
