@@ -32,7 +32,7 @@ from data.writer import SPLITS, SplitWriter, empty_split_state
 
 MANIFEST = "manifest.json"
 PROGRESS = ".prepare_progress.json"
-BATCH_CHARS = 1 << 20
+BATCH_CHARS = 1 << 18
 """Characters of text per worker task: big enough to amortise pickling, small enough to keep workers busy."""
 BATCH_DOCS = 256
 

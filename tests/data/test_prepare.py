@@ -3,6 +3,7 @@ worker count; a killed prepare rerun gives byte-identical files; the Hydra CLI w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.config import DataConfig
+from data.config import DataConfig, SourceConfig, TokenizerConfig
 from data.loader import TokenLoader
 from data.prepare import MANIFEST, PROGRESS, is_validation_doc, prepare_dataset
 from data.shards import DatasetError, file_sha256, read_header
@@ -169,3 +170,67 @@ def test_cli_reports_a_bad_source_as_one_line_naming_the_pattern(tmp_path: Path)
     assert result.returncode == 1
     assert "data.prepare: data.source.paths: pattern" in result.stderr and "nowhere/*.txt" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _jsonl_corpus(root: Path, docs: list[str], broken: bool) -> DataConfig:
+    """Two jsonl files; with `broken`, the second one ends in a line that is not JSON. One worker: it reads
+    one batch ahead, so the shards of the text before the bad line get written (2 workers read further)."""
+    root.mkdir(parents=True, exist_ok=True)
+    half = len(docs) // 2
+    for name, part in (("a.jsonl", docs[:half]), ("b.jsonl", docs[half:])):
+        lines = [json.dumps({"text": d}) for d in part] + (
+            ["{not json"] if broken and name == "b.jsonl" else []
+        )
+        (root / name).write_text("\n".join(lines) + "\n")
+    return DataConfig(
+        dir=str(root.parent / "ds"),
+        source=SourceConfig(kind="jsonl", paths=[str(root / "*.jsonl")]),
+        tokenizer=TokenizerConfig(
+            vocab_size=512, path=str(root.parent / "ds" / "tokenizer"), train_bytes=200_000
+        ),
+        shard_tokens=5000,
+        val_fraction=0.1,
+        num_workers=1,
+    )
+
+
+def test_prepare_failing_mid_source_resumes_after_the_fix_and_refuses_damage_or_other_settings(
+    tmp_path: Path, corpus: tuple[Path, list[str]], dir_snapshot: object
+) -> None:
+    docs = corpus[1]
+    reference = _jsonl_corpus(tmp_path / "ref" / "src", docs, broken=False)
+    prepare_dataset(reference)
+
+    cfg = _jsonl_corpus(tmp_path / "run" / "src", docs, broken=True)
+    with pytest.raises(DatasetError, match=r"b\.jsonl:\d+: not a JSON object"):
+        prepare_dataset(cfg)
+    out = Path(cfg.dir)
+    progress = json.loads((out / PROGRESS).read_text())
+    finished = progress["splits"]["train"]["shards"]
+    assert len(finished) >= 3 and not (out / MANIFEST).exists()
+
+    # Another shard size would not continue the same files: refused, nothing touched.
+    before = dir_snapshot(out)
+    with pytest.raises(DatasetError, match=r"\.prepare_progress\.json was written with other settings"):
+        prepare_dataset(dataclasses.replace(cfg, shard_tokens=4000))
+    assert dir_snapshot(out) == before
+
+    # A finished shard changed behind prepare's back: refused, named.
+    shard = out / finished[1]["file"]
+    good = shard.read_bytes()
+    shard.write_bytes(good[:-2] + b"\x00\x00")
+    with pytest.raises(
+        DatasetError, match=r"train_000001\.bin: shard recorded as finished .* missing or changed"
+    ):
+        prepare_dataset(cfg)
+    shard.write_bytes(good)
+
+    _jsonl_corpus(tmp_path / "run" / "src", docs, broken=False)
+    prepare_dataset(cfg)
+    ref, run = dir_snapshot(Path(reference.dir)), dir_snapshot(out)
+    ref_manifest, run_manifest = json.loads(ref.pop(MANIFEST)), json.loads(run.pop(MANIFEST))
+    assert run == ref  # every shard and the tokenizer, byte for byte
+    # The manifests differ only where the source paths are named.
+    for m in (ref_manifest, run_manifest):
+        m["source"].pop("paths"), m["settings"]["source"].pop("paths"), m.pop("fingerprint")
+    assert run_manifest == ref_manifest
