@@ -45,19 +45,21 @@ def is_validation_doc(index: int, fraction: float) -> bool:
     return int.from_bytes(digest, "little") < fraction * 2**64
 
 
-def _settings(cfg: DataConfig, enc: tiktoken.Encoding) -> dict[str, object]:
+def _settings(cfg: DataConfig, enc: tiktoken.Encoding | None) -> dict[str, object]:
     """Everything that decides the bytes of the shards; a rerun must match it to continue a prepare."""
-    return {
+    settings: dict[str, object] = {
         "format_version": VERSION,
         "source": asdict(cfg.source),
-        "tokenizer": {
-            "name": cfg.tokenizer.name,
-            "n_vocab": enc.n_vocab,
-            "fingerprint": encoding_fingerprint(enc),
-        },
         "shard_tokens": cfg.shard_tokens,
         "val_fraction": cfg.val_fraction,
     }
+    if enc is not None:
+        settings["tokenizer"] = {
+            "name": cfg.tokenizer.name,
+            "n_vocab": enc.n_vocab,
+            "fingerprint": encoding_fingerprint(enc),
+        }
+    return settings
 
 
 def _check_settings(path: Path, found: dict, expected: dict) -> None:
@@ -173,6 +175,7 @@ def prepare_dataset(cfg: DataConfig) -> Path:
     else:
         progress = {"settings": settings, "splits": {split: empty_split_state() for split in SPLITS}}
     workers = _num_workers(cfg)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp*"):  # temporaries of a crashed run: never visible, never complete
         stale.unlink()
@@ -214,6 +217,12 @@ def prepare_dataset(cfg: DataConfig) -> Path:
         bar.set_postfix_str(f"{rate / 1e6:.2f}M tok/s, {tokens / 1e6:.1f}M tok")
     bar.update(docs_read - bar.n)
     bar.close()
+    if docs_read == 0 and not progress["splits"]["train"]["shards"]:
+        if created:
+            out.rmdir()
+        raise DatasetError(
+            f"the source {describe_source(cfg.source)} yielded no documents; nothing to prepare"
+        )
     for writer in writers.values():
         writer.finish(docs_read)
     save_progress()
@@ -255,6 +264,18 @@ def prepare_dataset(cfg: DataConfig) -> Path:
     return manifest_path
 
 
+def _cheap_settings(cfg: DataConfig, manifest: dict) -> tuple[dict, dict]:
+    """(found, expected) settings that can be compared without loading the tokenizer, which for a named
+    encoding may mean a download: the tokenizer is compared by name (and size, for a trained BPE)."""
+    expected = {key: value for key, value in _settings(cfg, None).items() if key != "tokenizer"}
+    found = {key: manifest.get("settings", {}).get(key) for key in expected}
+    saved = manifest.get("settings", {}).get("tokenizer", {})
+    expected["tokenizer"], found["tokenizer"] = cfg.tokenizer.name, saved.get("name")
+    if cfg.tokenizer.name == "bpe":
+        expected["n_vocab"], found["n_vocab"] = cfg.tokenizer.vocab_size, saved.get("n_vocab")
+    return found, expected
+
+
 def ensure_dataset(cfg: DataConfig) -> Path:
     """The manifest path; prepares the dataset first when it is missing and `cfg.prepare_if_missing`.
 
@@ -262,6 +283,7 @@ def ensure_dataset(cfg: DataConfig) -> Path:
     """
     manifest_path = Path(cfg.dir) / MANIFEST
     if manifest_path.exists():
+        _check_settings(manifest_path, *_cheap_settings(cfg, json.loads(manifest_path.read_text())))
         return manifest_path
     if not cfg.prepare_if_missing:
         raise DatasetError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -159,3 +160,17 @@ def test_split_too_small_for_one_sequence_names_the_manifest(prepared: DataConfi
         DatasetError, match=r"manifest\.json: the val split holds \d+ tokens, too few for one sequence"
     ):
         TokenLoader(prepared.dir, "val", 10_000_000, 1, 0, 1, 0)
+
+
+def test_ensure_dataset_refuses_a_dataset_prepared_with_other_settings(prepared: DataConfig) -> None:
+    assert ensure_dataset(prepared) == Path(prepared.dir) / MANIFEST
+    fewer_docs = dataclasses.replace(prepared, source=dataclasses.replace(prepared.source, max_docs=10))
+    with pytest.raises(
+        DatasetError, match=r"manifest\.json was written with other settings \(differing: \['source'\]"
+    ):
+        ensure_dataset(fewer_docs)
+    bigger_vocab = dataclasses.replace(
+        prepared, tokenizer=dataclasses.replace(prepared.tokenizer, vocab_size=1024)
+    )
+    with pytest.raises(DatasetError, match=r"differing: \['n_vocab'\]"):
+        ensure_dataset(bigger_vocab)
