@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from launch import app, sweep
 from train.config import register_configs
 
-MULTIRUN_FLAGS = ("-m", "--multirun")
+MULTIRUN_FLAGS = ("-m", "--multirun", "hydra.mode=MULTIRUN")
 
 
 def hydra_args(argv: list[str]) -> list[str]:

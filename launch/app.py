@@ -36,7 +36,10 @@ def launch_task(cfg: DictConfig) -> int:
         ):
             OmegaConf.update(cfg, key, value)
     elif hc.sweeper.get("params"):
-        return _fail("this config sweeps hydra.sweeper.params (an experiment recipe): add --multirun")
+        return _fail(
+            "this config sweeps hydra.sweeper.params (an experiment recipe): add --multirun, or "
+            "hydra.sweeper.params=null to run one trial"
+        )
     try:
         validate_config(cfg)
     except ValueError as exc:
