@@ -161,7 +161,7 @@ def prepare_dataset(cfg: DataConfig) -> Path:
     out = Path(cfg.dir)
     manifest_path = out / MANIFEST
     enc = tokenizer_for(cfg)
-    dtype = dtype_for_vocab(enc.n_vocab)
+    dtype_for_vocab(enc.n_vocab)  # a vocabulary no shard dtype holds fails here, before anything is written
     fingerprint = encoding_fingerprint(enc)
     settings = _settings(cfg, enc)
     if manifest_path.exists():
@@ -227,13 +227,21 @@ def prepare_dataset(cfg: DataConfig) -> Path:
         writer.finish(docs_read)
     save_progress()
 
+    return _publish_manifest(cfg, out, enc, settings, progress["splits"])
+
+
+def _publish_manifest(
+    cfg: DataConfig, out: Path, enc: tiktoken.Encoding, settings: dict, split_states: dict
+) -> Path:
+    """Writes the manifest (the dataset's table of contents and its fingerprint) and drops the progress file:
+    from this rename on, the dataset counts as complete."""
     splits = {
         split: {
             "shards": state["shards"],
             "tokens": sum(s["tokens"] for s in state["shards"]),
             "documents": state["documents"],
         }
-        for split, state in progress["splits"].items()
+        for split, state in split_states.items()
     }
     if splits["train"]["tokens"] == 0:
         raise DatasetError(
@@ -247,19 +255,20 @@ def prepare_dataset(cfg: DataConfig) -> Path:
             "name": cfg.tokenizer.name,
             "n_vocab": enc.n_vocab,
             "eot_token": enc.eot_token,
-            "fingerprint": fingerprint,
+            "fingerprint": settings["tokenizer"]["fingerprint"],
             "path": _relative_to(Path(cfg.tokenizer.path), out) if cfg.tokenizer.name == "bpe" else None,
         },
-        "dtype": dtype.name,
+        "dtype": dtype_for_vocab(enc.n_vocab).name,
         "splits": splits,
     }
     manifest["fingerprint"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    manifest_path = out / MANIFEST
     atomic_write_json(manifest_path, manifest)
-    progress_path.unlink()
+    (out / PROGRESS).unlink()
     train, val = splits["train"], splits["val"]
     print(
         f"prepared {out}: train {train['tokens']:,} tokens in {len(train['shards'])} shards, "
-        f"val {val['tokens']:,} tokens ({time.perf_counter() - start:.1f} s)"
+        f"val {val['tokens']:,} tokens"
     )
     return manifest_path
 

@@ -164,3 +164,12 @@ def test_loader_attributes_come_from_the_manifest(prepared: DataConfig) -> None:
     loader = loaders(prepared, 1, 4, prefetch=0)[0]
     assert loader.vocab_size == 512 and loader.eot_token == 511 and len(loader.fingerprint) == 64
     assert loader.num_sequences == (loader._data.num_tokens - 1) // SEQ
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_pin_memory_on_cuda_gives_page_locked_batches(prepared: DataConfig) -> None:
+    loader = loaders(prepared, 1, 4, pin_memory=True)[0]
+    inputs, targets = next(loader)
+    loader.close()
+    assert inputs.is_pinned() and targets.is_pinned()
