@@ -34,7 +34,7 @@ class TokenizerConfig:
     """bpe (a byte-level BPE trained on the corpus and saved as .tiktoken) | a tiktoken encoding: gpt2,
     cl100k_base, o200k_base (loaded from tiktoken's cache: TIKTOKEN_CACHE_DIR when offline)."""
     vocab_size: int = 8192
-    """Vocabulary size of a trained BPE, special tokens included."""
+    """Vocabulary size of a trained BPE, special tokens included (a named encoding: only names data.dir)."""
     path: str = "${data.dir}/tokenizer"
     """Where a trained BPE is saved and loaded from (a .tiktoken file plus a JSON beside it)."""
     train_bytes: int = 20_000_000
