@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     """Imports torch only after prepare: spawned tokenizer workers re-import the main module (this one
     under `python -m bench.data`), and a torch import there would be timed as part of prepare."""
     parser = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__)
-    parser.add_argument("--mbytes", type=float, default=12.0, help="MB of stdlib text to tokenize")
+    parser.add_argument("--mbytes", type=float, default=24.0, help="MB of stdlib text to tokenize")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--loader-seconds", type=float, default=3.0)
@@ -122,6 +122,11 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"  ratio prepare / encode_ordinary_batch: {batch_s / prep_s:.2f}x (8 threads), "
             f"{one_s / prep_s:.2f}x (1 thread); {cores} cores"
+        )
+        serial_s, _ = _timed(lambda: prepare_dataset(_config(tmp / "corpus", tmp / "ds1", tok_path, 1)))
+        print(
+            f"prepare, 1 process (no pool): {n_tokens / serial_s / 1e6:6.2f} M tok/s; "
+            f"{cores} workers are {serial_s / prep_s:.2f}x faster"
         )
         pool_s = _pool_start_s(cores, enc)
         steady_s = prep_s - pool_s
