@@ -317,7 +317,15 @@ def _compose(overrides: list[str]) -> DataConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = _compose(list(sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(args):
+        print(
+            __doc__ + "\nExamples:\n  python -m data.prepare data=stdlib_small\n"
+            "  python -m data.prepare data=local_text 'data.source.paths=[corpus/**/*.txt]'\n"
+            "  python -m data.prepare data=fineweb_edu data.source.max_docs=100000"
+        )
+        return
+    cfg = _compose(args)
     try:
         prepare_dataset(cfg)
     except DatasetError as err:
