@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         serial_s, _ = _timed(lambda: prepare_dataset(_config(tmp / "corpus", tmp / "ds1", tok_path, 1)))
         print(
             f"prepare, 1 process (no pool): {n_tokens / serial_s / 1e6:6.2f} M tok/s; "
-            f"{cores} workers are {serial_s / prep_s:.2f}x faster"
+            f"speed-up of {cores} workers over it: {serial_s / prep_s:.2f}x"
         )
         pool_s = _pool_start_s(cores, enc)
         steady_s = prep_s - pool_s
