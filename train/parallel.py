@@ -20,6 +20,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.rendezvous import rendezvous
 from torch.nn.parallel import DistributedDataParallel
 
 from model import ModelConfig, Transformer
@@ -67,7 +68,18 @@ def init_distributed(pcfg: ParallelConfig, device_pref: str) -> DistInfo:
     if not dist.is_initialized():
         timeout = timedelta(minutes=10)
         if "RANK" in os.environ:
-            dist.init_process_group(backend=pg_backend, timeout=timeout, device_id=_device_id(device))
+            # torchrun's store outlives a worker restart and still holds the dead attempt's gloo addresses;
+            # keys under a per-attempt prefix keep a restarted group from dialling them.
+            store, _, _ = next(rendezvous("env://", timeout=timeout))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group(
+                backend=pg_backend,
+                store=dist.PrefixStore(f"diffv2/attempt_{attempt}", store),
+                rank=rank,
+                world_size=world_size,
+                timeout=timeout,
+                device_id=_device_id(device),
+            )
         else:
             dist.init_process_group(
                 backend=pg_backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout

@@ -1,0 +1,144 @@
+"""Real jobs for the end-to-end tests: `python -m train` and torchrun subprocesses on a tiny model.
+
+The small stdlib corpus is prepared once per session into a tmp DIFFV2_DATA; the runs several tests compare
+against (a straight 12-step FSDP run, one stopped at step 6) are made once and copied before reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 240
+
+TINY = [
+    "data=stdlib_small",
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.head_dim=16",
+    "model.ffn_hidden=128",
+    "model.max_seq_len=64",
+    "model.vocab_size=${data.tokenizer.vocab_size}",
+    "trainer.seq_len=32",
+    "trainer.micro_batch=2",
+    "trainer.global_batch_tokens=128",
+    "trainer.max_steps=12",
+    "trainer.log_interval=1",
+    "trainer.eval_interval=6",
+    "trainer.eval_batches=2",
+    "trainer.diag_interval=6",
+    "optim.warmup_steps=2",
+    "checkpoint.interval=3",
+    "wandb.mode=disabled",
+]
+"""12 steps of 128 tokens; at 2 ranks x micro_batch 2 x seq_len 32 one micro-step makes the global batch."""
+
+
+def _command(
+    run_dir: Path, *overrides: str, nproc: int = 0, torchrun_args: tuple[str, ...] = ()
+) -> list[str]:
+    """`python -m train` (nproc=0) or torchrun with nproc ranks, on the tiny config plus overrides."""
+    if nproc:
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+        ]
+        cmd = [*launcher, *torchrun_args, "-m", "train"]
+    else:
+        cmd = [sys.executable, "-m", "train"]
+    return [*cmd, *TINY, f"run.dir={run_dir}", *overrides]
+
+
+def _train(
+    run_dir: Path,
+    *overrides: str,
+    nproc: int = 0,
+    torchrun_args: tuple[str, ...] = (),
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """Runs one job to completion; with check, a non-zero exit fails the test showing the job's output."""
+    cmd = _command(run_dir, *overrides, nproc=nproc, torchrun_args=torchrun_args)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)}\nexit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_rows(run_dir: Path) -> dict[int, dict]:
+    """step -> the training row logged at that step."""
+    return {row["step"]: row for row in _metrics(run_dir) if "loss" in row and "event" not in row}
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+class Jobs:
+    """The helpers above, handed to tests as the `jobs` fixture (test modules cannot import conftest)."""
+
+    repo = REPO
+    command = staticmethod(_command)
+    train = staticmethod(_train)
+    metrics = staticmethod(_metrics)
+    train_rows = staticmethod(_train_rows)
+    copy_run = staticmethod(_copy_run)
+
+
+@pytest.fixture(scope="session")
+def jobs() -> type[Jobs]:
+    return Jobs
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DIFFV2_DATA for every job of the session, with stdlib_small prepared once."""
+    root = tmp_path_factory.mktemp("data")
+    previous = os.environ.get("DIFFV2_DATA")
+    os.environ["DIFFV2_DATA"] = str(root)
+    subprocess.run(
+        [sys.executable, "-m", "data.prepare", "data=stdlib_small"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT_S,
+    )
+    yield root
+    if previous is None:
+        os.environ.pop("DIFFV2_DATA", None)
+    else:
+        os.environ["DIFFV2_DATA"] = previous
+
+
+@pytest.fixture(scope="session")
+def fsdp_straight(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """12 uninterrupted steps, 2 FSDP ranks, wandb offline: the reference run."""
+    run_dir = tmp_path_factory.mktemp("runs") / "straight"
+    _train(run_dir, "parallel=fsdp", "wandb.mode=offline", "wandb.tags=[test]", nproc=2)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def fsdp_stopped_at_6(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """The same job stopped after step 6 (schedule still for 12), checkpoints written in the background."""
+    run_dir = tmp_path_factory.mktemp("runs") / "stopped"
+    _train(run_dir, "parallel=fsdp", "trainer.stop_at_step=6", "checkpoint.async_save=true", nproc=2)
+    return run_dir

@@ -1,0 +1,70 @@
+"""Bad config, a diverging loss and a pre-emption signal: each ends the way its contract says."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("data_root")]
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("trainer.max_stepz=3", "max_stepz"),
+        ("trainer.max_steps=abc", "trainer.max_steps"),
+        ("parallel=pipeline", "parallel"),
+        ("parallel.mode=pipeline", "parallel.mode"),
+        ("trainer.global_batch_tokens=100", "trainer.global_batch_tokens"),
+    ],
+)
+def test_invalid_override_exits_nonzero_naming_the_key(tmp_path, jobs, override, named):
+    proc = jobs.train(tmp_path / "bad", override, check=False)
+    assert proc.returncode != 0
+    assert named in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) < 15
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_nan_loss_stops_without_checkpointing(tmp_path, jobs):
+    run_dir = tmp_path / "nan"
+    proc = jobs.train(
+        run_dir, "trainer.fault=nan", "trainer.fault_step=5", "checkpoint.interval=2", check=False
+    )
+    assert proc.returncode == 3
+    assert "loss is nan at step 5" in proc.stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+    assert not (run_dir / "model.safetensors").exists()
+    last = jobs.metrics(run_dir)[-1]
+    assert last["event"] == "diverged" and last["step"] == 5
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, jobs):
+    run_dir = tmp_path / "preempted"
+    cmd = jobs.command(
+        run_dir, "trainer.max_steps=100000", "checkpoint.interval=0", "trainer.eval_interval=0"
+    )
+    proc = subprocess.Popen(cmd, cwd=jobs.repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            log = run_dir / "metrics.jsonl"
+            if log.exists() and len(log.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "stopped by SIGTERM" in stdout
+    last_step = max(
+        row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    )
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"step_{last_step:08d}"]
+    assert 3 <= last_step < 100000

@@ -1,0 +1,32 @@
+"""FSDP on 2 ranks against one process, and gradient accumulation against one large micro-batch."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("data_root")]
+
+
+@pytest.fixture(scope="module")
+def single_accum2(tmp_path_factory, jobs):
+    """One process, micro_batch 2: two micro-steps per optimizer step, the same global batch as 2 ranks."""
+    run_dir = tmp_path_factory.mktemp("runs") / "single_accum2"
+    jobs.train(run_dir, "parallel=single")
+    return run_dir
+
+
+def test_fsdp_two_ranks_match_single_process(jobs, fsdp_straight, single_accum2):
+    fsdp, single = jobs.train_rows(fsdp_straight), jobs.train_rows(single_accum2)
+    assert single[1]["loss"] > single[12]["loss"]
+    for step in range(1, 13):
+        assert fsdp[step]["lr"] == single[step]["lr"]
+        assert fsdp[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-4), step
+        assert fsdp[step]["grad_norm"] == pytest.approx(single[step]["grad_norm"], rel=1e-3), step
+
+
+def test_grad_accumulation_matches_one_large_micro_batch(tmp_path, jobs, single_accum2):
+    jobs.train(tmp_path / "mb4", "parallel=single", "trainer.micro_batch=4")
+    accum, whole = jobs.train_rows(single_accum2), jobs.train_rows(tmp_path / "mb4")
+    for step in range(1, 13):
+        assert whole[step]["loss"] == pytest.approx(accum[step]["loss"], rel=1e-5), step
+        assert whole[step]["grad_norm"] == pytest.approx(accum[step]["grad_norm"], rel=1e-4), step
