@@ -8,8 +8,12 @@ import pytest
 import yaml
 
 from launch.metrics import read_metrics
+from launch.report import METRICS, series
+from launch.report import main as report_main
 
 pytestmark = pytest.mark.slow
+
+LAMBDA = next(m for m in METRICS if m.name == "lambda_mean")
 
 TRIALS = [
     "0-lr-0.001_attention-baseline",
@@ -50,3 +54,9 @@ def test_two_by_two_sweep_runs_four_named_trials_in_one_wandb_group(
         steps, loss, _val, tokens_per_s, spikes, exit_code = cells
         assert (steps, exit_code) == ("4", "0")
         assert float(loss) > 0 and float(tokens_per_s.replace(",", "")) > 0 and "/" in spikes
+    # The report reads the same runs: curves per metric, DIFF V2's lambda only from its own trials.
+    assert report_main([str(sweep_dir), "--out", str(tmp_path / "report")]) == 0
+    pngs = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"loss.png", "grad_norm.png", "lambda_mean.png", "act_max.png"} <= pngs
+    lambda_runs = [n for n in TRIALS if series(read_metrics(sweep_dir / n / "metrics.jsonl"), LAMBDA)[0]]
+    assert lambda_runs == [n for n in TRIALS if n.endswith("diff_v2")]
