@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,33 @@ from launch.report import main as report_main
 pytestmark = pytest.mark.slow
 
 LAMBDA = next(m for m in METRICS if m.name == "lambda_mean")
+
+
+def wandb_run_record(path: Path):
+    """The RunRecord of an offline .wandb file: a leveldb-style log (7-byte file header, 32 KiB blocks,
+    7-byte record headers: crc32, length, type full/first/middle/last) of wandb Record protobufs."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, payloads, parts = 7, 32768, [], []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 1:
+            payloads.append(chunk)
+        elif kind == 2:
+            parts = [chunk]
+        elif kind == 3:
+            parts.append(chunk)
+        elif kind == 4:
+            payloads.append(b"".join([*parts, chunk]))
+    records = [pb.Record.FromString(p) for p in payloads]
+    return next(r.run for r in records if r.WhichOneof("record_type") == "run")
+
 
 TRIALS = [
     "0-lr-0.001_attention-baseline",
@@ -44,9 +72,10 @@ def test_two_by_two_sweep_runs_four_named_trials_in_one_wandb_group(
         assert (config["run"]["name"], config["wandb"]["group"]) == (name, "lr_x_attention")
         assert config["model"]["attention"] == name.rsplit("-", 1)[1]
         assert config["optim"]["lr"] == float(name.split("-")[2].split("_")[0])
-        # wandb's own record of the offline run carries the group too.
-        (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
-        assert b"lr_x_attention" in b"".join(p.read_bytes() for p in wandb_run.rglob("*") if p.is_file())
+        # wandb's own record of the offline run (the run record in its .wandb file) carries group and name.
+        (wandb_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+        run = wandb_run_record(wandb_file)
+        assert (run.run_group, run.display_name) == ("lr_x_attention", name)
         assert any(r.get("event") == "end" for r in read_metrics(run_dir / "metrics.jsonl"))
     rows = table_rows(proc.stdout)
     assert list(rows) == TRIALS
