@@ -6,12 +6,14 @@ same schema before any process starts; the overrides (minus launch.*) are forwar
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from launch import app, sweep
+from launch.process import LaunchStopped
 from train.config import register_configs
 
 MULTIRUN_FLAGS = ("-m", "--multirun", "hydra.mode=MULTIRUN")
@@ -40,7 +42,15 @@ def _main(cfg: DictConfig) -> int:
 def main() -> None:
     register_configs()
     sys.argv = [sys.argv[0], *hydra_args(sys.argv[1:])]
-    _main()
+    try:
+        _main()
+    except (KeyboardInterrupt, LaunchStopped) as exc:
+        signum = exc.signum if isinstance(exc, LaunchStopped) else signal.SIGINT
+        print(
+            f"launch: stopped by {signal.Signals(signum).name} (SLURM jobs already submitted keep running)",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signum)
     codes = [*app.EXIT_CODES, sweep.exit_code()]
     sys.exit(next((rc for rc in codes if rc != 0), 0))
 

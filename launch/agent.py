@@ -13,7 +13,7 @@ from launch.command import torchrun_command
 from launch.config import LaunchConfig
 from launch.metrics import STATUS_FILE
 from launch.nodes import NodePlan
-from launch.process import run_torchrun
+from launch.process import LaunchStopped, run_torchrun
 
 
 def write_status(run_dir: Path, status: dict) -> None:
@@ -50,7 +50,13 @@ def run_agent(
     print(f"[launch] node {node.node_rank}/{node.nnodes}: {' '.join(cmd)}", flush=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = run_dir / f"launch_node{node.node_rank}.log"
-    rc = run_torchrun(cmd, env, log, preempt_signal=cfg.preempt_signal, on_preempt=on_preempt)
+    try:
+        rc = run_torchrun(cmd, env, log, preempt_signal=cfg.preempt_signal, on_preempt=on_preempt)
+    except (KeyboardInterrupt, LaunchStopped) as exc:
+        if node.node_rank == 0:
+            stop = "SIGINT" if isinstance(exc, KeyboardInterrupt) else str(exc).removeprefix("stopped by ")
+            write_status(run_dir, {**status, "ended": time.time(), "exit_code": None, "stopped_by": stop})
+        raise
     if node.node_rank == 0:
         write_status(run_dir, {**status, "ended": time.time(), "exit_code": rc})
     print(f"[launch] {run_name}: torchrun exited with code {rc}", flush=True)

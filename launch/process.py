@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -65,6 +64,16 @@ def drain(proc: subprocess.Popen, timeout_s: float) -> int | None:
 Handler = Callable[[int, FrameType | None], object] | int | None
 
 
+class LaunchStopped(BaseException):
+    """SIGTERM reached the launcher: torchrun has stopped its ranks; the launch (a whole sweep) stops too.
+
+    A BaseException, as KeyboardInterrupt is, so Hydra does not record it as one failed trial and go on."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
 def run_torchrun(
     cmd: Sequence[str],
     env: Mapping[str, str],
@@ -74,13 +83,17 @@ def run_torchrun(
 ) -> int:
     """Runs torchrun to completion, copying its merged stdout/stderr to ours and to `log_path`.
 
-    SIGTERM and SIGINT reach torchrun (which stops its ranks); the pre-emption signal reaches the ranks, then
-    `on_preempt(proc)` runs (the SLURM job uses it to requeue once torchrun has exited).
+    SIGTERM and SIGINT reach torchrun, which stops its ranks (SIGINT then stops the launch too);
+    the pre-emption signal reaches the ranks, then `on_preempt(proc)` runs (the SLURM job uses it to requeue
+    once torchrun has exited).
     """
     preempt = getattr(signal, f"SIG{preempt_signal}")
     proc = start(cmd, env, preempt)
 
+    stopped_by: list[int] = []
+
     def forward_stop(signum: int, frame: FrameType | None) -> None:
+        stopped_by.append(signum)
         proc.send_signal(signum)
 
     def forward_preempt(signum: int, frame: FrameType | None) -> None:
@@ -101,15 +114,19 @@ def run_torchrun(
             if log is not None:
                 log.write(line)
                 log.flush()
-        return proc.wait()
+        rc = proc.wait()
+        if stopped_by:
+            raise LaunchStopped(stopped_by[0])
+        return rc
     except KeyboardInterrupt:
-        # torchrun shares our terminal's process group and got the same SIGINT: let it stop its ranks.
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if proc.poll() is None:
-            proc.kill()
-        return proc.wait()
+        # From a terminal torchrun got the same SIGINT and stops its ranks; if it did not (a signal sent to
+        # us alone), SIGTERM asks it to. Then the whole launch stops: a sweep must not start its next trial.
+        if drain(proc, 5) is None:
+            proc.terminate()
+            if drain(proc, 60) is None:
+                proc.kill()
+                proc.wait()
+        raise
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

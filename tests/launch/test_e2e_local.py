@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,37 @@ def test_two_agents_on_loopback_form_one_two_node_job(data_env, tmp_path: Path, 
     assert end_event(run_dir)["step"] == 4
     assert "--nnodes=2" in json.loads((run_dir / "launch.json").read_text())["command"]
     assert (run_dir / "launch_node0.log").exists() and (run_dir / "launch_node1.log").exists()
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_stopping_the_launcher_stops_the_sweep(data_env, tmp_path: Path, tiny, how: str) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM to the launcher alone: the running trial's
+    torchrun stops, no further trial starts, and the launcher exits 128 + the signal."""
+    sweep_dir = tmp_path / "sweep"
+    args = [*tiny, "trainer.max_steps=2000", "attention=baseline,diff_v2", f"hydra.sweep.dir={sweep_dir}"]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "launch", "--multirun", *args],
+        cwd=tmp_path,
+        env=data_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell job has
+    )
+    metrics = sweep_dir / "0-attention-baseline" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while len(read_metrics(metrics)) < 3:
+        assert time.monotonic() < deadline and launcher.poll() is None, "the first trial never trained"
+        time.sleep(0.2)
+    if how == "ctrl-c":
+        os.killpg(launcher.pid, signal.SIGINT)
+        expected = signal.SIGINT
+    else:
+        launcher.terminate()
+        expected = signal.SIGTERM
+    output = launcher.communicate(timeout=120)[0]
+    assert launcher.returncode == 128 + expected, output[-3000:]
+    assert not (sweep_dir / "1-attention-diff_v2").exists()
+    status = json.loads((sweep_dir / "0-attention-baseline" / "launch.json").read_text())
+    assert status["stopped_by"] == expected.name
+    assert not any(r.get("event") == "end" for r in read_metrics(metrics))  # stopped before its last step
