@@ -21,11 +21,11 @@ class RunInfo:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 300
-    """Optimizer steps to train for."""
+    max_steps: int = 150
+    """Optimizer steps to train for (defaults: 150 x 8192 tokens, ~5 minutes of model=tiny on 2 CPU cores)."""
     seq_len: int = 256
     """Tokens per training sequence."""
-    global_batch_tokens: int = 16384
+    global_batch_tokens: int = 8192
     """Tokens per optimizer step across all ranks; a multiple of seq_len * micro_batch * world."""
     micro_batch: int = 16
     """Sequences per rank per forward/backward; gradient accumulation makes up the rest."""
@@ -35,7 +35,7 @@ class TrainerConfig:
     """auto (cuda when present, else cpu) | cpu | cuda."""
     log_interval: int = 10
     """Steps between metric lines."""
-    eval_interval: int = 100
+    eval_interval: int = 50
     """Steps between validation losses (0: only at the end)."""
     eval_batches: int = 8
     """Micro-batches per rank in one validation pass."""
@@ -108,7 +108,7 @@ class ParallelConfig:
 
 @dataclass
 class CheckpointConfig:
-    interval: int = 100
+    interval: int = 50
     """Steps between checkpoints (0: only at the end)."""
     keep_last: int = 2
     """Complete checkpoints kept; older ones are deleted."""

@@ -82,6 +82,8 @@ class Trainer:
         self.peak = peak_flops(self.device, self.cfg.trainer.peak_tflops)
         self.flops_per_token = parts.raw_model.flops_per_token(self.cfg.trainer.seq_len)
         self.last_batch: Batch | None = None
+        self.stop_agreed = False
+        """Whether any rank had a stop signal at the last step's all-reduce."""
 
     def _next_batch(self) -> Batch:
         try:
@@ -120,8 +122,9 @@ class Trainer:
         )
         dist.all_reduce(packed)
         loss_value = packed[0].item() / self.info.world_size
-        if packed[1].item() > 0 and self.stop.signal_name is None:
-            self.stop.signal_name = "a peer's signal"
+        # Act on the agreed flag only: a signal landing after the all-reduce waits for the next step, so
+        # that every rank enters the checkpoint collectives at the same step.
+        self.stop_agreed = packed[1].item() > 0
         if t.detect_anomaly_nan and not math.isfinite(loss_value):
             raise TrainingDiverged(
                 f"loss is {loss_value} at step {step} (lr {lr:.3g}); stopping without a checkpoint. "
@@ -209,15 +212,16 @@ class Trainer:
                 if t.eval_interval and step % t.eval_interval == 0 and step < t.max_steps:
                     val_loss = self.evaluate()
                     p.logger.log({"step": step, "val_loss": val_loss})
-                if step == t.stop_at_step and not self.stop.requested:
-                    self.stop.signal_name = "trainer.stop_at_step"
-                if self.stop.requested:
+                stop_reason = None
+                if self.stop_agreed:
+                    stop_reason = self.stop.signal_name or "a signal to another rank"
+                elif step == t.stop_at_step:
+                    stop_reason = "trainer.stop_at_step"
+                if stop_reason is not None:
                     self.save(step, block=True)
                     if self.info.is_main:
-                        print(
-                            f"stopped by {self.stop.signal_name} at step {step}: checkpoint saved", flush=True
-                        )
-                    return {"step": step, "stopped_by": self.stop.signal_name}
+                        print(f"stopped by {stop_reason} at step {step}: checkpoint saved", flush=True)
+                    return {"step": step, "stopped_by": stop_reason}
                 if ckpt_interval and step % ckpt_interval == 0 and step < t.max_steps:
                     self.save(step)
                     last_saved = step

@@ -39,6 +39,8 @@ class ConsoleSink:
 
     def log(self, row: Row) -> None:
         step = row["step"]
+        if "event" in row:  # e.g. diverged: the entry point prints its own message
+            return
         if "val_loss" in row:
             print(f"step {step:>6} | val_loss {row['val_loss']:.4f}", flush=True)
             return
@@ -155,11 +157,12 @@ class MetricsLogger:
         for sink in self.sinks:
             sink.close(final)
 
-    def abort(self) -> None:
-        """Flushes and closes without an end line (diverged or interrupted runs)."""
+    def abort(self, exit_code: int = 1) -> None:
+        """Flushes and closes without an end line: a diverged or failed run (exit_code 1), or one stopped to
+        be resumed later (exit_code 0: wandb shows it finished; the resumed job continues it)."""
         for sink in self.sinks:
             if isinstance(sink, JsonlSink):
                 sink.file.close()
             elif isinstance(sink, WandbSink):
-                sink.run.finish(exit_code=1)
+                sink.run.finish(exit_code=exit_code)
         sys.stdout.flush()

@@ -144,6 +144,12 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
             + (f"; resumed from {resume} at step {counters.step}" if resume else ""),
             flush=True,
         )
+    if info.is_main and counters.step >= t.max_steps:
+        print(
+            f"already at trainer.max_steps={t.max_steps}: nothing to train (raise trainer.max_steps, or "
+            "start over with checkpoint.resume=none or another run.name); evaluating and exporting only",
+            flush=True,
+        )
     logger = _build_logger(cfg, info, run_dir, counters, counters.step)
     trainer = Trainer(
         LoopParts(
@@ -178,7 +184,7 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
         train_loader.close()
         val_loader.close()
     if "stopped_by" in final:
-        logger.abort()
+        logger.abort(exit_code=0)
         return final
     export_path = (
         export_model(model, cfg.model, run_dir, info.is_main) if cfg.checkpoint.export_safetensors else None

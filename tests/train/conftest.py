@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -70,7 +71,18 @@ def _train(
 ) -> subprocess.CompletedProcess:
     """Runs one job to completion; with check, a non-zero exit fails the test showing the job's output."""
     cmd = _command(run_dir, *overrides, nproc=nproc, torchrun_args=torchrun_args)
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S)
+    # Own session: on a timeout the whole job (torchrun and its workers) is killed, not just the launcher.
+    with subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as popen:
+        try:
+            stdout, stderr = popen.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            stdout, stderr = popen.communicate()
+            report = f"{' '.join(cmd)}\ntimed out after {TIMEOUT_S} s\n{stdout[-3000:]}\n{stderr[-5000:]}"
+            raise AssertionError(report) from None
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)}\nexit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

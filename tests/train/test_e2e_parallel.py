@@ -30,3 +30,20 @@ def test_grad_accumulation_matches_one_large_micro_batch(tmp_path, jobs, single_
     for step in range(1, 13):
         assert whole[step]["loss"] == pytest.approx(accum[step]["loss"], rel=1e-5), step
         assert whole[step]["grad_norm"] == pytest.approx(accum[step]["grad_norm"], rel=1e-4), step
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("parallel=ddp", "parallel.activation_checkpointing=every_k"),
+        ("parallel=hsdp", "parallel.replicate=2", "parallel.activation_checkpointing=full"),
+    ],
+    ids=["ddp-ac_every_k", "hsdp-ac_full"],
+)
+def test_ddp_and_hsdp_with_checkpointed_blocks_match_single_process(tmp_path, jobs, single_accum2, overrides):
+    jobs.train(tmp_path / "run", *overrides, "trainer.stop_at_step=4", nproc=2)
+    parallel, single = jobs.train_rows(tmp_path / "run"), jobs.train_rows(single_accum2)
+    assert sorted(parallel) == [1, 2, 3, 4]
+    for step in parallel:
+        assert parallel[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-4), step
+        assert parallel[step]["grad_norm"] == pytest.approx(single[step]["grad_norm"], rel=1e-3), step

@@ -47,6 +47,7 @@ def test_killed_rank_restarts_from_last_checkpoint_and_ends_with_same_loss(tmp_p
         "trainer.fault=crash",
         "trainer.fault_step=8",
         "trainer.fault_rank=1",
+        "wandb.mode=offline",
         nproc=2,
         torchrun_args=("--max-restarts=1",),
     )
@@ -57,6 +58,9 @@ def test_killed_rank_restarts_from_last_checkpoint_and_ends_with_same_loss(tmp_p
     assert final["event"] == "end" and final["step"] == 12
     assert final["loss"] == reference["loss"]
     assert sorted(jobs.train_rows(run_dir)) == list(range(1, 13))
+    # Both attempts logged to one wandb run: the id came back from the checkpoint.
+    attempts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(attempts) == 2 and len({p.name.rsplit("-", 1)[1] for p in attempts}) == 1
 
 
 def test_incomplete_checkpoint_is_skipped_for_previous_complete_one(tmp_path, jobs, fsdp_stopped_at_6):
