@@ -51,7 +51,9 @@ def run_agent(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = run_dir / f"launch_node{node.node_rank}.log"
     try:
-        rc = run_torchrun(cmd, env, log, preempt_signal=cfg.preempt_signal, on_preempt=on_preempt)
+        # Inside a SLURM job step, SLURM's own SIGTERM reaches torchrun too: do not send it a second one.
+        forward = "SLURM_STEP_ID" not in os.environ
+        rc = run_torchrun(cmd, env, log, cfg.preempt_signal, on_preempt, forward_stop=forward)
     except (KeyboardInterrupt, LaunchStopped) as exc:
         if node.node_rank == 0:
             stop = "SIGINT" if isinstance(exc, KeyboardInterrupt) else str(exc).removeprefix("stopped by ")

@@ -80,21 +80,24 @@ def run_torchrun(
     log_path: Path | None,
     preempt_signal: str = "USR1",
     on_preempt: Callable[[subprocess.Popen], None] | None = None,
+    forward_stop: bool = True,
 ) -> int:
     """Runs torchrun to completion, copying its merged stdout/stderr to ours and to `log_path`.
 
     SIGTERM and SIGINT reach torchrun, which stops its ranks (SIGINT then stops the launch too);
     the pre-emption signal reaches the ranks, then `on_preempt(proc)` runs (the SLURM job uses it to requeue
-    once torchrun has exited).
+    once torchrun has exited). forward_stop=False: SIGTERM reached torchrun already (SLURM signals every
+    process of a job step) and a second one would cut its shutdown short; we only wait for it.
     """
     preempt = getattr(signal, f"SIG{preempt_signal}")
     proc = start(cmd, env, preempt)
 
     stopped_by: list[int] = []
 
-    def forward_stop(signum: int, frame: FrameType | None) -> None:
+    def on_stop(signum: int, frame: FrameType | None) -> None:
         stopped_by.append(signum)
-        proc.send_signal(signum)
+        if forward_stop:
+            proc.send_signal(signum)
 
     def forward_preempt(signum: int, frame: FrameType | None) -> None:
         print(f"[launch] SIG{preempt_signal}: asking the ranks to checkpoint", file=sys.stderr, flush=True)
@@ -103,7 +106,7 @@ def run_torchrun(
             on_preempt(proc)
 
     previous: dict[int, Handler] = {}
-    for signum, handler in ((signal.SIGTERM, forward_stop), (preempt, forward_preempt)):
+    for signum, handler in ((signal.SIGTERM, on_stop), (preempt, forward_preempt)):
         previous[signum] = signal.signal(signum, handler)
     log = log_path.open("ab") if log_path is not None else None
     try:
