@@ -20,16 +20,22 @@ MULTIRUN_FLAGS = ("-m", "--multirun", "hydra.mode=MULTIRUN")
 
 
 def hydra_args(argv: list[str]) -> list[str]:
-    """Adds the sweep plumbing to a multirun's command line (a user's own hydra.* settings win).
+    """Adds launcher plumbing to Hydra's command line (a user's own hydra.* settings win).
 
-    - the SweepCallback names and validates all trials up front and prints the table at the end;
-    - hydra.sweep.subdir=. : each trial's run dir is <sweep dir>/<trial name>, made by the trainer, so
-      Hydra's numbered job dirs would stay empty.
+    - hydra.run.dir=. : Hydra would create run.dir before the task runs, so a launch refused for bad input
+      would leave an empty run dir behind; the agent creates it when torchrun is about to start.
+    - multirun: the SweepCallback names and validates all trials up front and prints the table at the end;
+      hydra.sweep.subdir=. : each trial's run dir is <sweep dir>/<trial name>, made by the agent, so Hydra's
+      numbered job dirs would stay empty.
     """
+
+    def unset(key: str) -> bool:
+        return not any(a.startswith(f"{key}=") for a in argv)
+
     if not any(a in MULTIRUN_FLAGS for a in argv):
-        return argv
+        return [*argv, "hydra.run.dir=."] if unset("hydra.run.dir") else argv
     extra = ["+hydra.callbacks.diffv2_sweep._target_=launch.sweep.SweepCallback"]
-    if not any(a.startswith("hydra.sweep.subdir=") for a in argv):
+    if unset("hydra.sweep.subdir"):
         extra.append("hydra.sweep.subdir=.")
     return [*argv, *extra]
 
