@@ -1,14 +1,16 @@
 """Framework overhead: tokens/s of `train`'s loop against a minimal hand-written loop, same run, same work.
 
 Both train the same model on the same TokenLoader batches with the same AdamW; the minimal loop is
-forward, loss, backward, clip, step and nothing else. It runs before and after the framework (the mean is
-the baseline, so drift of a noisy machine cancels). Goal: framework / minimal >= 0.95.
+forward, loss, backward, clip, step and nothing else. Both time steps 2..STEPS (step 1 warms up), in
+ROUNDS alternating rounds; the ratio is of the medians, so a busy shared machine skews both alike.
+Goal: framework / minimal >= 0.95.
 
     python -m bench.loop [hydra overrides, e.g. model=125m trainer.seq_len=1024]
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 import time
@@ -25,15 +27,16 @@ from train.config import RunConfig, register_configs
 from train.run import run_training
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-STEPS = 40
-"""Timed steps per loop; the first WARMUP steps of each are not timed (allocator, thread pools)."""
-WARMUP = 5
+STEPS = 20
+"""Steps per round; the framework's tokens/s window covers steps 2..STEPS, and so does the minimal loop's."""
+ROUNDS = 3
 DEFAULTS = [
     "data=stdlib_small",
     "trainer.seq_len=128",
     "trainer.micro_batch=8",
     "trainer.global_batch_tokens=1024",
     "optim.warmup_steps=5",
+    "checkpoint.keep_last=1",
     "wandb.mode=disabled",
     "checkpoint.interval=0",
     "checkpoint.export_safetensors=false",
@@ -47,8 +50,8 @@ def compose_config(overrides: list[str], run_dir: str) -> RunConfig:
     register_configs()
     all_overrides = [
         *DEFAULTS,
-        f"trainer.max_steps={WARMUP + STEPS}",
-        f"trainer.log_interval={WARMUP + STEPS}",
+        f"trainer.max_steps={STEPS}",
+        f"trainer.log_interval={STEPS}",
         f"run.dir={run_dir}",
         "checkpoint.resume=none",
         *overrides,
@@ -69,8 +72,8 @@ def minimal_loop(cfg: RunConfig) -> float:
     loader = TokenLoader(cfg.data.dir, "train", t.seq_len, t.micro_batch, 0, 1, cfg.run.seed)
     accum = t.global_batch_tokens // (t.seq_len * t.micro_batch)
     start = 0.0
-    for step in range(WARMUP + STEPS):
-        if step == WARMUP:
+    for step in range(STEPS):
+        if step == 1:
             start = time.perf_counter()
         for _ in range(accum):
             inputs, targets = next(loader)
@@ -81,7 +84,7 @@ def minimal_loop(cfg: RunConfig) -> float:
         opt.zero_grad(set_to_none=True)
         loss.item()
     loader.close()
-    return STEPS * t.global_batch_tokens / (time.perf_counter() - start)
+    return (STEPS - 1) * t.global_batch_tokens / (time.perf_counter() - start)
 
 
 def framework_loop(cfg: RunConfig) -> float:
@@ -93,22 +96,23 @@ def framework_loop(cfg: RunConfig) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     overrides = list(argv if argv is not None else sys.argv[1:])
-    with tempfile.TemporaryDirectory(prefix="bench-loop-") as run_dir:
-        cfg = compose_config(overrides, run_dir)
+    minimal, framework = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
+        cfg = compose_config(overrides, tmp)
         ensure_dataset(cfg.data)
         print(
             f"model {cfg.model.name}/{cfg.model.attention}, {cfg.trainer.global_batch_tokens} tokens/step "
-            f"(micro_batch {cfg.trainer.micro_batch} x seq_len {cfg.trainer.seq_len}), {STEPS} timed steps, "
-            f"{torch.get_num_threads()} threads",
+            f"(micro_batch {cfg.trainer.micro_batch} x seq_len {cfg.trainer.seq_len}), {ROUNDS} rounds of "
+            f"{STEPS} steps, {torch.get_num_threads()} threads",
             flush=True,
         )
-        before = minimal_loop(cfg)
-        framework = framework_loop(cfg)
-        after = minimal_loop(cfg)
-    baseline = (before + after) / 2
-    print(f"minimal loop:   {baseline:10.0f} tokens/s  (before {before:.0f}, after {after:.0f})")
-    print(f"framework loop: {framework:10.0f} tokens/s")
-    print(f"ratio framework/minimal: {framework / baseline:.3f}  (goal >= 0.95)")
+        for i in range(ROUNDS):
+            minimal.append(minimal_loop(cfg))
+            framework.append(framework_loop(compose_config(overrides, f"{tmp}/round{i}")))
+    base, ours = statistics.median(minimal), statistics.median(framework)
+    print(f"minimal loop:   {base:10.0f} tokens/s  (rounds: {', '.join(f'{v:.0f}' for v in minimal)})")
+    print(f"framework loop: {ours:10.0f} tokens/s  (rounds: {', '.join(f'{v:.0f}' for v in framework)})")
+    print(f"ratio framework/minimal: {ours / base:.3f}  (goal >= 0.95)")
 
 
 if __name__ == "__main__":
