@@ -68,9 +68,13 @@ class ConsoleSink:
         print(" | ".join(parts), flush=True)
 
     def close(self, final: Row) -> None:
+        def number(key: str) -> float:
+            value = final.get(key)
+            return math.nan if value is None else value
+
         print(
-            f"done: step {final['step']} loss {final.get('loss', float('nan')):.4f} "
-            f"val_loss {final.get('val_loss', float('nan')):.4f} spikes loss/grad "
+            f"done: step {final['step']} loss {number('loss'):.4f} "
+            f"val_loss {number('val_loss'):.4f} spikes loss/grad "
             f"{final['loss_spikes']}/{final['grad_spikes']} in {_fmt_duration(final['wall_s'])}",
             flush=True,
         )
