@@ -58,6 +58,22 @@ def _prepare_data(cfg: RunConfig, info: DistInfo) -> Path:
     return Path(cfg.data.dir)
 
 
+def _loader(cfg: RunConfig, info: DistInfo, dataset_dir: Path, split: str) -> TokenLoader:
+    """This rank's slice of the global stream: shuffled for train, in order (reset per eval) for val."""
+    return TokenLoader(
+        dataset_dir,
+        split,
+        seq_len=cfg.trainer.seq_len,
+        micro_batch=cfg.trainer.micro_batch,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=cfg.run.seed,
+        shuffle=split == "train",
+        prefetch=cfg.data.prefetch,
+        pin_memory=info.device.type == "cuda",
+    )
+
+
 def _build_logger(
     cfg: RunConfig, info: DistInfo, run_dir: Path, counters: Counters, start_step: int
 ) -> MetricsLogger:
@@ -88,22 +104,8 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
     run_dir = Path(cfg.run.dir)
     torch.manual_seed(cfg.run.seed)
     dataset_dir = _prepare_data(cfg, info)
-    loader_args = dict(
-        seq_len=t.seq_len, micro_batch=t.micro_batch, rank=info.rank, world_size=info.world_size
-    )
-    pin = info.device.type == "cuda"
-    train_loader = TokenLoader(
-        dataset_dir,
-        "train",
-        seed=cfg.run.seed,
-        shuffle=True,
-        prefetch=cfg.data.prefetch,
-        pin_memory=pin,
-        **loader_args,
-    )
-    val_loader = TokenLoader(
-        dataset_dir, "val", seed=cfg.run.seed, shuffle=False, pin_memory=pin, **loader_args
-    )
+    train_loader = _loader(cfg, info, dataset_dir, "train")
+    val_loader = _loader(cfg, info, dataset_dir, "val")
     if train_loader.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's vocabulary "
