@@ -44,7 +44,8 @@ def test_nan_loss_stops_without_checkpointing(tmp_path, jobs):
     assert last["event"] == "diverged" and last["step"] == 5
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, jobs):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_preemption_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, jobs, sig):
     run_dir = tmp_path / "preempted"
     cmd = jobs.command(
         run_dir, "trainer.max_steps=100000", "checkpoint.interval=0", "trainer.eval_interval=0"
@@ -57,12 +58,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, jobs):
             if log.exists() and len(log.read_text().splitlines()) >= 3:
                 break
             time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr[-3000:]
-    assert "stopped by SIGTERM" in stdout
+    assert f"stopped by {sig.name}" in stdout
     last_step = max(
         row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
     )
