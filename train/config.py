@@ -11,7 +11,7 @@ from model.config import ModelConfig
 
 @dataclass
 class RunInfo:
-    name: str = "${model.name}-${model.attention}"
+    name: str = "${model.name}-${model.variant}"
     """Run name: names the run directory and the wandb run."""
     dir: str = "runs/${run.name}"
     """Run directory, shared by all ranks: config, metrics.jsonl, checkpoints, wandb files."""
