@@ -47,3 +47,28 @@ def test_ddp_and_hsdp_with_checkpointed_blocks_match_single_process(tmp_path, jo
     for step in parallel:
         assert parallel[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-4), step
         assert parallel[step]["grad_norm"] == pytest.approx(single[step]["grad_norm"], rel=1e-3), step
+
+
+def test_gpu_recipe_on_cpu_bf16_compile_fsdp_then_resume_plain(tmp_path, jobs, single_accum2):
+    """The GPU recipe (FSDP2 with bf16 MixedPrecisionPolicy, compiled and checkpointed blocks) through the
+    same code on CPU with gloo; its checkpoint then resumes in one fp32 process without compile, because
+    compiling in place keeps the parameter names."""
+    run_dir = tmp_path / "run"
+    gpu_recipe = (
+        "parallel=fsdp",
+        "parallel.mixed_precision=bf16",
+        "parallel.compile=true",
+        "parallel.activation_checkpointing=full",
+    )
+    jobs.train(run_dir, *gpu_recipe, "trainer.stop_at_step=3", nproc=2)
+    bf16, fp32 = jobs.train_rows(run_dir), jobs.train_rows(single_accum2)
+    assert sorted(bf16) == [1, 2, 3]
+    for step in bf16:  # bf16 matmuls: close to fp32, and not bit-equal (the policy really applies)
+        assert bf16[step]["loss"] == pytest.approx(fp32[step]["loss"], rel=1e-3), step
+    assert any(bf16[step]["loss"] != fp32[step]["loss"] for step in bf16)
+
+    jobs.train(run_dir, "parallel=single", "checkpoint.resume=auto")
+    resumed = jobs.train_rows(run_dir)
+    assert sorted(resumed) == list(range(1, 13))
+    assert resumed[12]["loss"] == pytest.approx(fp32[12]["loss"], rel=1e-3)
+    assert resumed[12]["loss"] < resumed[1]["loss"]
