@@ -20,9 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import tiktoken
-from tqdm import tqdm
 
-from data.bpe import train_bpe
 from data.config import DataConfig
 from data.encode import encode_batch, init_worker
 from data.shards import VERSION, DatasetError, atomic_write_json, dtype_for_vocab
@@ -91,7 +89,9 @@ def tokenizer_for(cfg: DataConfig) -> tiktoken.Encoding:
         raise DatasetError(
             f"the source {describe_source(cfg.source)} yielded no documents; nothing to prepare"
         )
-    import tokenizers
+    import tokenizers  # here, with the trainer: a machine that only reads shards need not have them
+
+    from data.bpe import train_bpe
 
     print(f"training a {cfg.tokenizer.vocab_size}-token BPE on {sum(map(len, texts)) / 1e6:.1f}M characters")
     enc = train_bpe(texts, cfg.tokenizer.vocab_size)
@@ -191,6 +191,8 @@ def prepare_dataset(cfg: DataConfig) -> Path:
     }
     for writer in writers.values():
         writer.verify_existing()
+
+    from tqdm import tqdm  # here: training machines that only read prepared shards may lack it
 
     total_docs = count_documents(cfg.source)
     bar = tqdm(total=total_docs, unit="doc", desc=f"prepare {out.name}", dynamic_ncols=True, file=sys.stderr)
