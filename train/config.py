@@ -108,6 +108,9 @@ class ParallelConfig:
 
 @dataclass
 class CheckpointConfig:
+    enabled: bool = True
+    """false: write no checkpoint at all, not even at the end or on a stop signal (benchmarks, smoke runs);
+    resuming from an existing one still works."""
     interval: int = 50
     """Steps between checkpoints (0: only at the end)."""
     keep_last: int = 2

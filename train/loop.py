@@ -163,6 +163,8 @@ class Trainer:
         return rec.summary()
 
     def save(self, step: int, block: bool = False) -> None:
+        if not self.cfg.checkpoint.enabled:
+            return
         self.p.checkpointer.save(self.p.state, step, self.p.config_yaml, block=block)
 
     def run(self) -> dict[str, Any]:
@@ -220,7 +222,8 @@ class Trainer:
                 if stop_reason is not None:
                     self.save(step, block=True)
                     if self.info.is_main:
-                        print(f"stopped by {stop_reason} at step {step}: checkpoint saved", flush=True)
+                        saved = "checkpoint saved" if self.cfg.checkpoint.enabled else "checkpoints off"
+                        print(f"stopped by {stop_reason} at step {step}: {saved}", flush=True)
                     return {"step": step, "stopped_by": stop_reason}
                 if ckpt_interval and step % ckpt_interval == 0 and step < t.max_steps:
                     self.save(step)
