@@ -1,5 +1,6 @@
-"""`make bench` / `python -m bench [attention data loop]`: every benchmark, each printing its figures and
-its ratios against a baseline measured in the same run (machines are noisy; absolute numbers are not)."""
+"""`make bench` / `python -m bench [attention data loop throughput]`: every benchmark, each printing its
+figures and its ratios against a baseline measured in the same run (machines are noisy; absolute numbers
+are not)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("attention", "data", "loop")
+BENCHMARKS = ("attention", "data", "loop", "throughput")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,43 @@
+"""`python -m bench.throughput`, the GPU runs' script, measures each variant through `python -m train`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("data_root")]
+
+SMALL = [
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.head_dim=16",
+    "model.ffn_hidden=128",
+    "trainer.seq_len=32",
+    "trainer.micro_batch=2",
+    "trainer.global_batch_tokens=64",
+]
+
+
+def test_throughput_bench_measures_each_variant_without_checkpoints(tmp_path, jobs):
+    out = tmp_path / "throughput.json"
+    command = [sys.executable, "-m", "bench.throughput", "--steps", "3", "--json", str(out)]
+    command += ["--keep", str(tmp_path / "runs"), *SMALL]
+    proc = subprocess.run(command, cwd=jobs.repo, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    baseline, diff_v2 = json.loads(out.read_text())
+    assert (baseline["attention"], diff_v2["attention"]) == ("baseline", "diff_v2")
+    assert diff_v2["params"] > baseline["params"]  # 2h query heads and lambda_proj
+    assert diff_v2["flops_per_token"] > baseline["flops_per_token"]
+    for m in (baseline, diff_v2):
+        assert m["error"] is None and m["tokens_per_s"] > 0 and m["peak_mem_gb"] > 0
+    assert "vs baseline" in proc.stdout and "diff_v2" in proc.stdout
+    run_dirs = sorted(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert len(run_dirs) == 2
+    for run_dir in run_dirs:  # checkpoint.enabled=false: the runs wrote metrics and nothing else
+        assert (run_dir / "metrics.jsonl").exists()
+        assert not list(run_dir.glob("checkpoints/step_*")) and not (run_dir / "model.safetensors").exists()
