@@ -19,8 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
 
-TINY = [
-    "data=stdlib_small",
+TINY_MODEL = [
     "model.d_model=64",
     "model.n_layers=2",
     "model.n_heads=4",
@@ -28,6 +27,12 @@ TINY = [
     "model.head_dim=16",
     "model.ffn_hidden=128",
     "model.max_seq_len=64",
+]
+"""A 2-layer model small enough for many multi-process runs on 2 cores."""
+
+TINY = [
+    "data=stdlib_small",
+    *TINY_MODEL,
     "model.vocab_size=${data.tokenizer.vocab_size}",
     "trainer.seq_len=32",
     "trainer.micro_batch=2",
@@ -108,6 +113,7 @@ class Jobs:
     """The helpers above, handed to tests as the `jobs` fixture (test modules cannot import conftest)."""
 
     repo = REPO
+    tiny_model = TINY_MODEL
     command = staticmethod(_command)
     train = staticmethod(_train)
     metrics = staticmethod(_metrics)

@@ -10,23 +10,13 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("data_root")]
 
-SMALL = [
-    "model.d_model=64",
-    "model.n_layers=2",
-    "model.n_heads=4",
-    "model.n_kv_heads=2",
-    "model.head_dim=16",
-    "model.ffn_hidden=128",
-    "trainer.seq_len=32",
-    "trainer.micro_batch=2",
-    "trainer.global_batch_tokens=64",
-]
+SMALL_STEPS = ["trainer.seq_len=32", "trainer.micro_batch=2", "trainer.global_batch_tokens=64"]
 
 
 def test_throughput_bench_measures_each_variant_without_checkpoints(tmp_path, jobs):
     out = tmp_path / "throughput.json"
     command = [sys.executable, "-m", "bench.throughput", "--steps", "3", "--json", str(out)]
-    command += ["--keep", str(tmp_path / "runs"), *SMALL]
+    command += ["--keep", str(tmp_path / "runs"), *jobs.tiny_model, *SMALL_STEPS]
     proc = subprocess.run(command, cwd=jobs.repo, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     baseline, diff_v2 = json.loads(out.read_text())
