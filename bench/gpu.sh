@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared run for a lent GPU machine (see ../shared/gpu/README.md): the CUDA tests, then training
-# tokens/s, MFU and memory of baseline vs DIFF V2 (FSDP2, bf16, compile off/on) at two sizes.
+# tokens/s, MFU and memory of baseline vs DIFF V2 (FSDP2, bf16, compile off/on) at two sizes, then how long
+# a checkpoint stops training (blocking vs async). The step limits add up to 480 s.
 # Everything lands in $OUT: summary.txt, one log per step, throughput-*.json.
 #
 #   here, once:   ../shared/gpu/fetch-wheels.sh tokenizers tqdm    # Hydra, OmegaConf, data.prepare's needs
@@ -44,15 +45,16 @@ step() {  # step NAME SECONDS COMMAND...: runs COMMAND with a time limit, logs t
 print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')"
 } > "$OUT/summary.txt" 2>&1
 
-step prepare 90 python3 -m data.prepare data=stdlib_small
-step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu \
+step prepare 50 python3 -m data.prepare data=stdlib_small
+step cuda-tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu \
   tests/model/test_cuda.py tests/model/test_kernel.py tests/data/test_loader.py tests/train/test_cuda.py
-step "throughput-$SMALL" 150 python3 -m bench.throughput --sizes "$SMALL" --compile off on --steps 10 \
+step "throughput-$SMALL" 140 python3 -m bench.throughput --sizes "$SMALL" --compile off on --steps 10 \
   --json "$OUT/throughput-$SMALL.json" --keep "$OUT/runs-$SMALL" \
   trainer.seq_len="$SEQ" trainer.micro_batch=8 trainer.global_batch_tokens=$((SEQ * 8))
-step "throughput-$LARGE" 150 python3 -m bench.throughput --sizes "$LARGE" --compile on --steps 8 \
+step "throughput-$LARGE" 130 python3 -m bench.throughput --sizes "$LARGE" --compile on --steps 8 \
   --json "$OUT/throughput-$LARGE.json" --keep "$OUT/runs-$LARGE" \
   trainer.seq_len="$SEQ" trainer.micro_batch=4 trainer.global_batch_tokens=$((SEQ * 4))
+step "checkpoint-$SMALL" 40 python3 -m bench.checkpoint model="$SMALL"
 rm -rf "$OUT"/runs-*/*/checkpoints  # none are written (checkpoint.enabled=false); never ship weights back
 cat "$OUT/summary.txt"
 exit "$failed"

@@ -14,19 +14,17 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from bench.config import compose_run_config
 from data import TokenLoader, ensure_dataset
 from model import Transformer
-from train.config import RunConfig, register_configs
+from train.config import RunConfig
 from train.run import run_training
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 STEPS = 20
 """Steps per round; the framework's tokens/s window covers steps 2..STEPS, and so does the minimal loop's."""
 ROUNDS = 3
@@ -47,18 +45,16 @@ DEFAULTS = [
 
 
 def compose_config(overrides: list[str], run_dir: str) -> RunConfig:
-    register_configs()
-    all_overrides = [
-        *DEFAULTS,
-        f"trainer.max_steps={STEPS}",
-        f"trainer.log_interval={STEPS}",
-        f"run.dir={run_dir}",
-        "checkpoint.resume=none",
-        *overrides,
-    ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name="config", overrides=all_overrides)
-    return OmegaConf.to_object(cfg)
+    return compose_run_config(
+        [
+            *DEFAULTS,
+            f"trainer.max_steps={STEPS}",
+            f"trainer.log_interval={STEPS}",
+            f"run.dir={run_dir}",
+            "checkpoint.resume=none",
+            *overrides,
+        ]
+    )
 
 
 def minimal_loop(cfg: RunConfig) -> float:

@@ -23,14 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
+from bench.config import CONF_DIR, compose_run_config
 from model import Transformer
 from model.flops import flops_per_token
-from train.config import RunConfig, register_configs
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 REPO = CONF_DIR.parent
 QUIET = [
     "data=stdlib_small",
@@ -74,12 +71,6 @@ def _overrides(size: str, attention: str, compiled: bool, steps: int, user: list
     ]
 
 
-def _compose(overrides: list[str]) -> RunConfig:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return OmegaConf.to_object(compose(config_name="config", overrides=overrides))
-
-
 def _command(nproc: int, overrides: list[str]) -> list[str]:
     if nproc == 0:
         return [sys.executable, "-m", "train", *overrides]
@@ -91,7 +82,7 @@ def measure(size: str, attention: str, compiled: bool, args: argparse.Namespace,
     """One training job of `args.steps` steps; its last metrics row is the measurement."""
     label = f"{size}-{attention}-{'compiled' if compiled else 'eager'}"
     overrides = [*_overrides(size, attention, compiled, args.steps, args.overrides), f"run.dir={tmp / label}"]
-    cfg = _compose(overrides)
+    cfg = compose_run_config(overrides)
     with torch.device("meta"):
         params = Transformer(cfg.model).num_params()
     result = Measurement(size, attention, compiled, params, flops_per_token(cfg.model, cfg.trainer.seq_len))
@@ -152,7 +143,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    register_configs()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as scratch:
         tmp = args.keep or Path(scratch)

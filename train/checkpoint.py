@@ -56,14 +56,19 @@ def resolve_resume(resume: str, root: Path) -> Path | None:
     return path
 
 
-def _clone(obj: Any) -> Any:
-    """Deep copy of the tensors in a state dict, so training may go on while a background thread writes."""
+def _clone_cpu_tensors(obj: Any) -> Any:
+    """The state dict with its CPU tensors copied, so training may go on while a background thread writes.
+
+    Device tensors are left to DCP's staging, which copies them to host memory before async_save returns;
+    cloning them here would double the model and optimizer state in GPU memory for nothing. A CPU tensor
+    might be handed to the writer thread as it is, so it is copied here (torch 2.13's stager copies it
+    again: about 0.5 s per save for a 125m model on CPU, see bench.checkpoint)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        return obj.detach().clone() if obj.device.type == "cpu" else obj
     if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
+        return {k: _clone_cpu_tensors(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_clone(v) for v in obj]
+        return [_clone_cpu_tensors(v) for v in obj]
     return obj
 
 
@@ -86,7 +91,7 @@ class Checkpointer:
                 shutil.rmtree(stale, ignore_errors=True)
         dist.barrier()
         if self.cfg.async_save and not block:
-            staged = {"app": _clone(state.state_dict())}
+            staged = {"app": _clone_cpu_tensors(state.state_dict())}
             future = dcp.async_save(staged, checkpoint_id=str(tmp), process_group=self.group)
             self.pending = (future, tmp, final, config_yaml)
             return

@@ -1,4 +1,5 @@
-"""`python -m bench.throughput`, the GPU runs' script, measures each variant through `python -m train`."""
+"""The benchmarks bench/gpu.sh runs on a lent GPU work here first: throughput through `python -m train`, and
+the checkpoint timings through the framework's Checkpointer."""
 
 from __future__ import annotations
 
@@ -31,3 +32,13 @@ def test_throughput_bench_measures_each_variant_without_checkpoints(tmp_path, jo
     for run_dir in run_dirs:  # checkpoint.enabled=false: the runs wrote metrics and nothing else
         assert (run_dir / "metrics.jsonl").exists()
         assert not list(run_dir.glob("checkpoints/step_*")) and not (run_dir / "model.safetensors").exists()
+
+
+def test_checkpoint_bench_times_blocking_async_and_load(jobs):
+    command = [sys.executable, "-m", "bench.checkpoint", *jobs.tiny_model, "trainer.seq_len=32"]
+    proc = subprocess.run(command, cwd=jobs.repo, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    figures = dict(line.split(":", 1) for line in proc.stdout.splitlines() if ":" in line)
+    ratio = "ratio async wait / blocking wait"
+    assert {"blocking save", "async save", "load (resume)", ratio} <= set(figures)
+    assert float(figures[ratio].split()[0]) > 0
