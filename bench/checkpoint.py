@@ -24,7 +24,7 @@ from bench.config import compose_run_config
 from data import TokenLoader, ensure_dataset
 from train.checkpoint import Checkpointer
 from train.optim import LRSchedule, build_optimizer
-from train.parallel import build_model, init_distributed, shutdown_distributed
+from train.parallel import build_model, from_rank0, init_distributed, shutdown_distributed
 from train.state import Counters, TrainState
 
 DEFAULTS = [
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         state = TrainState(model, optimizer, schedule, loader, Counters(step=1))
 
         with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as own_tmp:
-            root = Path(_broadcast_path(own_tmp)) / "checkpoints"  # rank 0's: every rank writes there
+            root = Path(from_rank0(own_tmp, info)) / "checkpoints"  # rank 0's: every rank writes there
             checkpointer = Checkpointer(cfg.checkpoint, root, info)
             blocking, async_wait, async_total, load = [], [], [], []
             for i in range(ROUNDS):
@@ -84,12 +84,6 @@ def main(argv: list[str] | None = None) -> None:
             _report(raw.num_params(), size, info.world_size, blocking, async_wait, async_total, load)
     finally:
         shutdown_distributed()
-
-
-def _broadcast_path(path: str) -> str:
-    box = [path]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _report(params: int, size_gb: float, world: int, blocking, async_wait, async_total, load) -> None:

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -99,6 +100,13 @@ def init_distributed(pcfg: ParallelConfig, device_pref: str) -> DistInfo:
 
 def _device_id(device: torch.device) -> torch.device | None:
     return device if device.type == "cuda" else None
+
+
+def from_rank0(value: Any, info: DistInfo) -> Any:
+    """Rank 0's value (any picklable object) on every rank; the other ranks' values are ignored."""
+    box = [value if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def shutdown_distributed() -> None:

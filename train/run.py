@@ -17,7 +17,7 @@ from train.export import export_model
 from train.loop import LoopParts, Trainer, TrainingDiverged
 from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, WandbSink
 from train.optim import LRSchedule, build_optimizer
-from train.parallel import DistInfo, build_model, init_distributed, shutdown_distributed
+from train.parallel import DistInfo, build_model, from_rank0, init_distributed, shutdown_distributed
 from train.spikes import SpikeCounter
 from train.state import Counters, TrainState
 from train.validate import ConfigError, grad_accum_steps
@@ -25,13 +25,6 @@ from train.validate import ConfigError, grad_accum_steps
 
 class DatasetUnavailable(RuntimeError):
     """Rank 0 could not find or prepare the dataset."""
-
-
-def _broadcast(value: Any, info: DistInfo) -> Any:
-    """Rank 0's value on every rank."""
-    box = [value if info.is_main else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _agree_run_dir(run_dir: str, info: DistInfo) -> None:
@@ -52,7 +45,7 @@ def _prepare_data(cfg: RunConfig, info: DistInfo) -> Path:
             ensure_dataset(cfg.data)
         except Exception as err:  # every rank must learn of it, or the others wait forever
             error = f"{type(err).__name__}: {err}"
-    error = _broadcast(error, info)
+    error = from_rank0(error, info)
     if error is not None:
         raise DatasetUnavailable(f"data.dir={cfg.data.dir}: {error}")
     return Path(cfg.data.dir)
@@ -125,14 +118,14 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
     )
     checkpointer = Checkpointer(cfg.checkpoint, run_dir / "checkpoints", info)
 
-    resume = _broadcast(
+    resume = from_rank0(
         resolve_resume(cfg.checkpoint.resume, checkpointer.root) if info.is_main else None, info
     )
     if resume is not None:
         checkpointer.load(state, resume)
         counters.config_yaml = config_yaml  # later checkpoints carry the config they were written under
     if not counters.wandb_id:
-        counters.wandb_id = _broadcast(secrets.token_hex(4), info)
+        counters.wandb_id = from_rank0(secrets.token_hex(4), info)
 
     grad_accum = grad_accum_steps(cfg, info.world_size)
     if info.is_main:
