@@ -77,11 +77,14 @@ class Checkpointer:
         self.cfg, self.root, self.info = cfg, root, info
         # Async writes use their own gloo group: on the default group their collectives would interleave
         # with FSDP's and deadlock.
-        self.group = dist.new_group(backend="gloo") if cfg.async_save else None
+        self.group = dist.new_group(backend="gloo") if cfg.async_save and cfg.enabled else None
         self.pending: tuple[Future, Path, Path, str] | None = None
 
     def save(self, state: TrainState, step: int, config_yaml: str, block: bool = False) -> None:
-        """Writes step_<step>; with async_save returns once the state is copied, and publishes later."""
+        """Writes step_<step>; with async_save returns once the state is copied, and publishes later.
+        With checkpoint.enabled=false it writes nothing."""
+        if not self.cfg.enabled:
+            return
         self.wait()
         tmp = self.root / f".tmp_{step_dir_name(step)}"
         final = self.root / step_dir_name(step)

@@ -163,8 +163,6 @@ class Trainer:
         return rec.summary()
 
     def save(self, step: int, block: bool = False) -> None:
-        if not self.cfg.checkpoint.enabled:
-            return
         self.p.checkpointer.save(self.p.state, step, self.p.config_yaml, block=block)
 
     def run(self) -> dict[str, Any]:
