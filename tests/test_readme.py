@@ -53,5 +53,6 @@ def test_data_example_runs(tmp_path: Path):
     assert README_DATASET in code
     scope: dict[str, object] = {}
     exec(compile(code.replace(README_DATASET, str(dataset)), "README.md", "exec"), scope)
+    scope["train"].close()  # the example's loader prefetches in a thread
     assert tuple(scope["inputs"].shape) == (16, 256) and tuple(scope["targets"].shape) == (16, 256)
     assert scope["state"]  # a resumable cursor, not an empty dict
