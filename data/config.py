@@ -42,6 +42,14 @@ class TokenizerConfig:
 
 
 @dataclass
+class MixtureSourceConfig:
+    dir: str = "???"
+    """Prepared dataset directory of this source (every source of a mixture shares one tokenizer)."""
+    weight: float = 1.0
+    """Relative share of training windows (normalised over the sources); finite and > 0."""
+
+
+@dataclass
 class DataConfig:
     name: str = "stdlib"
     """Dataset name, for run names and reports."""
@@ -63,3 +71,6 @@ class DataConfig:
     """Resume even if the checkpoint's dataset fingerprint differs from the shards on disk."""
     prepare_if_missing: bool = True
     """Training prepares the dataset (and tokenizer) when its manifest is missing."""
+    mixture: dict[str, MixtureSourceConfig] = field(default_factory=dict)
+    """Train on several prepared datasets by weight, name -> {dir, weight} (data/mixture.py); empty: data.dir
+    alone. The sources must exist already (prepare_if_missing covers data.dir only)."""

@@ -204,6 +204,7 @@ class Trainer:
                         "grad_spike": grad_spike,
                         "loss_spikes": c.loss_spikes.count,
                         "grad_spikes": c.grad_spikes.count,
+                        **p.train_loader.metrics(),  # a mixture's tokens and epochs per source
                     }
                     p.logger.log(last_row)
                     window_tokens, window_time = 0, 0.0

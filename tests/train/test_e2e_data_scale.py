@@ -1,0 +1,49 @@
+"""`python -m data.prepare` and `python -m train` with a two-source mixture and document-aware attention."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from train.config import register_configs
+
+pytestmark = [pytest.mark.slow]
+
+
+def test_mixture_with_document_mask_trains_and_logs_tokens_per_source(jobs, data_root: Path, tmp_path: Path):
+    shared_bpe = data_root / "stdlib_small-bpe2048" / "tokenizer"
+    subprocess.run(
+        [sys.executable, "-m", "data.prepare", "data=stdlib_small", "data.name=second",
+         "data.source.max_docs=40", "data.num_workers=1", f"data.tokenizer.path={shared_bpe}"],
+        cwd=jobs.repo, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    mixture = (
+        f"++data.mixture={{small:{{dir:{data_root}/stdlib_small-bpe2048,weight:3}},"
+        f"second:{{dir:{data_root}/second-bpe2048,weight:1}}}}"
+    )
+    run = tmp_path / "run"
+    jobs.train(run, mixture, "model.doc_mask=true", "model.doc_positions=true", "trainer.max_steps=3",
+               "trainer.eval_interval=0", "trainer.diag_interval=0", "checkpoint.interval=0")  # fmt: skip
+    rows = jobs.train_rows(run)
+    # 4 windows of 32 tokens per step, 3:1 by weight over each block of 4096 windows
+    assert rows[3]["data/small/tokens"] + rows[3]["data/second/tokens"] == 3 * 128
+    assert rows[3]["data/second/epochs"] > 0 and rows[3]["data/small/epochs"] > 0
+    exported = json.loads((run / "model_config.json").read_text())
+    assert exported["doc_mask"] and exported["doc_positions"] and exported["eot_token"] == 2047
+
+
+def test_the_mixture_config_group_composes_two_sources_with_weights():
+    register_configs()
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        cfg = OmegaConf.to_object(compose(config_name="config", overrides=["data=mixture"]))
+    mixture = cfg.data.mixture
+    assert sorted(mixture) == ["stdlib", "stdlib_small"]
+    assert (mixture["stdlib"].weight, mixture["stdlib_small"].weight) == (0.7, 0.3)
+    assert mixture["stdlib"].dir.endswith("stdlib-bpe8192")
