@@ -22,6 +22,7 @@ import torch
 
 from data.dataset import TokenDataset
 from data.shards import DatasetError
+from data.storage import RemoteDataset, ShardCache, open_dataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -71,7 +72,7 @@ class _Prefetcher:
 class WindowStream:
     """One dataset's windows as an endless stream: epoch e is a seeded permutation of all its windows."""
 
-    def __init__(self, data: TokenDataset, seed_key: list[int], shuffle: bool) -> None:
+    def __init__(self, data: TokenDataset | RemoteDataset, seed_key: list[int], shuffle: bool) -> None:
         """seed_key: the epoch permutation is drawn from default_rng(seed_key + [epoch])."""
         self.data = data
         self.seed_key = seed_key
@@ -217,14 +218,19 @@ class TokenLoader(StreamLoader):
         shuffle: bool = True,
         prefetch: int = 2,
         pin_memory: bool = False,
+        cache: ShardCache | None = None,
+        lookahead: int = 4,
     ) -> None:
         """Iterating yields (inputs, targets), int64 [micro_batch, seq_len], endlessly (the caller bounds it).
 
+        dataset_dir: a prepared dataset directory, or its fsspec URL (s3://..., read through `cache`).
         prefetch: batches built ahead in a background thread (0: built on demand in the caller's thread).
         pin_memory: page-lock batches for asynchronous host-to-device copies (only when CUDA is present).
+        lookahead: for a URL, micro-batches ahead whose shards are downloaded in the background.
         """
         super().__init__(split, seq_len, micro_batch, rank, world_size, seed, shuffle, prefetch, pin_memory)
-        self._data = TokenDataset(dataset_dir, split, seq_len)
+        self._data = open_dataset(dataset_dir, split, seq_len, cache)
+        self.lookahead = lookahead
         self.fingerprint: str = self._data.fingerprint
         self.vocab_size: int = self._data.vocab_size
         self.eot_token: int = self._data.eot_token
@@ -240,6 +246,10 @@ class TokenLoader(StreamLoader):
         return self._stream.window_ids(np.arange(start, start + count, dtype=np.int64))
 
     def windows_at(self, start: int, count: int) -> np.ndarray:
+        if isinstance(self._data, RemoteDataset) and self.lookahead:  # this rank's next micro-batches
+            step = self.global_batch
+            ahead = [self.window_ids(start + k * step, count) for k in range(1, self.lookahead + 1)]
+            self._data.prefetch(np.concatenate(ahead))
         return self._data.windows(self.window_ids(start, count))
 
     def state_dict(self) -> dict[str, object]:
@@ -253,6 +263,12 @@ class TokenLoader(StreamLoader):
             "split": self.split,
             "shuffle": self.shuffle,
         }
+
+    def close(self) -> None:
+        """Stops the background threads (batches; for a URL, shard downloads)."""
+        super().close()
+        if isinstance(self._data, RemoteDataset):
+            self._data.close()
 
     def _check_state(self, state: dict[str, object], allow_fingerprint_mismatch: bool) -> None:
         if state["fingerprint"] != self.fingerprint and not allow_fingerprint_mismatch:

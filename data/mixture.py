@@ -27,6 +27,7 @@ from data.dataset import TokenDataset, read_manifest
 from data.loader import StreamLoader, TokenLoader, WindowStream
 from data.prepare import ensure_dataset
 from data.shards import DatasetError
+from data.storage import cache_from_config, is_url, prepare_to_url, read_remote_manifest
 
 BLOCK = 4096
 """Windows per interleaving block: proportions are exact over each block; a source needs weight >= 1/BLOCK."""
@@ -122,6 +123,11 @@ class MixtureLoader(StreamLoader):
     def _open(source: MixtureSource, split: str, seq_len: int) -> tuple[TokenDataset, tuple[str, str]]:
         """The source's split and its tokenizer (name, fingerprint); errors name the source."""
         field = f"data.mixture.{source.name}"
+        if is_url(source.dir):
+            raise DatasetError(
+                f"{field}.dir={source.dir!r}: mixture sources are read from local directories; a URL works "
+                "as data.dir of a single dataset (copy the source locally, or prepare it to a local dir)"
+            )
         if not Path(source.dir).is_dir():
             raise DatasetError(
                 f"{field}.dir={source.dir!r} does not exist; prepare that source first "
@@ -257,12 +263,21 @@ def build_loader(
     args = (split, seq_len, micro_batch, rank, world_size, seed, shuffle, cfg.prefetch, pin_memory)
     if cfg.mixture:
         return MixtureLoader(mixture_sources(cfg.mixture), *args)
-    return TokenLoader(cfg.dir, *args)
+    cache = cache_from_config(cfg.cache) if is_url(cfg.dir) else None
+    return TokenLoader(cfg.dir, *args, cache=cache, lookahead=cfg.cache.lookahead)
 
 
 def ensure_data(cfg: DataConfig) -> None:
     """Rank 0's check before training: a mixture's sources are opened (errors name the source); a single
-    dataset is prepared when missing (data.prepare.ensure_dataset)."""
+    dataset (a directory, or a URL whose manifest is missing) is prepared when missing and allowed."""
+    if not cfg.mixture and is_url(cfg.dir):
+        try:
+            read_remote_manifest(cfg.dir)
+        except DatasetError:
+            if not cfg.prepare_if_missing:
+                raise
+            prepare_to_url(cfg)
+        return
     if not cfg.mixture:
         ensure_dataset(cfg)
         return
