@@ -143,3 +143,14 @@ def test_generate_runs_with_doc_mask_and_the_kernel_refuses_documents_with_a_kv_
         kernel.attention(q, torch.randn(1, 4, 2, 8), torch.randn(1, 4, 2, 8), "sdpa", docs)
     out = model.generate(torch.tensor([[1, 2, EOT, 3]]), 3, temperature=0.0)
     assert out.shape == (1, 7)
+
+
+def test_bench_documents_prints_the_cost_of_each_mode_against_plain_causal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench.documents import main
+
+    main(["--seq-len", "32", "--micro-batch", "2", "--rounds", "1", "--attentions", "diff_v2"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("diff_v2")]
+    assert [line.split()[1] for line in lines] == ["plain", "doc_mask", "+"]
+    assert "(1.00x)" in lines[0] and all("x)" in line for line in lines)
