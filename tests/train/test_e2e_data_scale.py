@@ -16,7 +16,9 @@ from train.config import register_configs
 pytestmark = [pytest.mark.slow]
 
 
-def test_mixture_with_document_mask_trains_and_logs_tokens_per_source(jobs, data_root: Path, tmp_path: Path):
+def test_mixture_with_document_mask_trains_resumes_and_logs_tokens_per_source(
+    jobs, data_root: Path, tmp_path: Path
+):
     shared_bpe = data_root / "stdlib_small-bpe2048" / "tokenizer"
     subprocess.run(
         [sys.executable, "-m", "data.prepare", "data=stdlib_small", "data.name=second",
@@ -28,8 +30,10 @@ def test_mixture_with_document_mask_trains_and_logs_tokens_per_source(jobs, data
         f"second:{{dir:{data_root}/second-bpe2048,weight:1}}}}"
     )
     run = tmp_path / "run"
-    jobs.train(run, mixture, "model.doc_mask=true", "model.doc_positions=true", "trainer.max_steps=3",
-               "trainer.eval_interval=0", "trainer.diag_interval=0", "checkpoint.interval=0")  # fmt: skip
+    args = (mixture, "model.doc_mask=true", "model.doc_positions=true", "trainer.max_steps=3",
+            "trainer.eval_interval=0", "trainer.diag_interval=0", "checkpoint.interval=0")  # fmt: skip
+    jobs.train(run, *args, "trainer.stop_at_step=2")  # checkpoints the mixture's cursor at step 2
+    jobs.train(run, *args)  # resumes from it
     rows = jobs.train_rows(run)
     # 4 windows of 32 tokens per step, 3:1 by weight over each block of 4096 windows
     assert rows[3]["data/small/tokens"] + rows[3]["data/second/tokens"] == 3 * 128
