@@ -23,12 +23,19 @@ import tiktoken
 
 from data.config import DataConfig
 from data.encode import encode_batch, init_worker
-from data.shards import VERSION, DatasetError, atomic_write_json, dtype_for_vocab
+from data.shards import (
+    MANIFEST,
+    SPLITS,
+    VERSION,
+    DatasetError,
+    atomic_write_json,
+    dtype_for_vocab,
+    manifest_fingerprint,
+)
 from data.sources import count_documents, describe_source, iter_documents
 from data.tokenizer import encoding_fingerprint, load_tokenizer, save_bpe, tokenizer_files
-from data.writer import SPLITS, SplitWriter, empty_split_state
+from data.writer import SplitWriter, empty_split_state
 
-MANIFEST = "manifest.json"
 PROGRESS = ".prepare_progress.json"
 BATCH_CHARS = 1 << 18
 """Characters of text per worker task: big enough to amortise pickling, small enough to keep workers busy."""
@@ -263,7 +270,7 @@ def _publish_manifest(
         "dtype": dtype_for_vocab(enc.n_vocab).name,
         "splits": splits,
     }
-    manifest["fingerprint"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    manifest["fingerprint"] = manifest_fingerprint(manifest)
     manifest_path = out / MANIFEST
     atomic_write_json(manifest_path, manifest)
     (out / PROGRESS).unlink()

@@ -64,6 +64,7 @@ def _loader(cfg: RunConfig, info: DistInfo, dataset_dir: Path, split: str) -> To
         shuffle=split == "train",
         prefetch=cfg.data.prefetch,
         pin_memory=info.device.type == "cuda",
+        verify=cfg.data.verify_shards,
     )
 
 
