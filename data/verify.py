@@ -8,7 +8,8 @@ vocabulary size: a shard rewritten, replaced or touched since, or a manifest tha
 hashed again.
 
 The stamp file doubles as a lock: the processes that open one dataset at once (the ranks of a node) hash each
-shard once. Each first takes the shards nobody else holds, then waits for the others' verdicts.
+shard once. Each first takes the shards nobody else holds (several at a time, in threads), then waits for
+the others' verdicts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from data.shards import HEADER_BYTES, MANIFEST, DatasetError
 CACHE_ENV = "DIFFV2_VERIFY_CACHE"
 _BLOCK = 1 << 22
 """Bytes hashed per read: a multiple of both token sizes, so each block holds whole tokens."""
+MAX_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,12 @@ def verify_shards(checks: list[ShardCheck]) -> None:
         for check in checks:
             scan_shard(check)
         return
-    busy = [check for check in checks if not _verify_locked(check, cache, wait=False)]
-    for check in busy:
-        _verify_locked(check, cache, wait=True)
+    if not checks:
+        return
+    # Threads hash shards in parallel (hashlib, file reads and numpy release the GIL); map re-raises the first
+    # failure in shard order.
+    threads = max(1, min(MAX_THREADS, len(os.sched_getaffinity(0)), len(checks)))
+    with ThreadPoolExecutor(threads, thread_name_prefix="verify-shards") as pool:
+        done = list(pool.map(lambda check: _verify_locked(check, cache, wait=False), checks))
+        busy = [check for check, ok in zip(checks, done, strict=True) if not ok]
+        list(pool.map(lambda check: _verify_locked(check, cache, wait=True), busy))

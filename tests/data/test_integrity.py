@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +140,13 @@ def test_manifest_listing_fewer_shards_than_prepare_wrote_is_refused(
     ):
         open_train(prepared_copy)
     assert dir_snapshot(prepared_copy) == before
+
+
+def test_the_read_path_imports_neither_the_writer_nor_the_tokenizer_libraries() -> None:
+    # A fresh interpreter: this one has imported everything already. A training machine reading shards needs
+    # none of prepare's code or dependencies, and cannot run it by accident.
+    code = "import sys, data.dataset; print(sorted(sys.modules))"
+    modules = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for name in ("data.prepare", "data.writer", "data.tokenizer", "tiktoken", "tokenizers"):
+        assert f"'{name}'" not in modules
+    assert "'data.verify'" in modules
