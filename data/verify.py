@@ -14,6 +14,7 @@ the others' verdicts.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -95,18 +96,27 @@ def _verify_locked(check: ShardCheck, cache: Path, wait: bool) -> bool:
     """Verifies `check` under its stamp's lock unless the stamp says it is done. False: another process holds
     the lock and `wait` is off (try it later)."""
     stamp, verdict = _stamp(check, cache)
-    fd = os.open(stamp, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(stamp, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # e.g. a full disk: verify without remembering it
+        scan_shard(check)
+        return True
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             return False
+        except OSError:  # a filesystem without flock (some network mounts): verify without remembering it
+            scan_shard(check)
+            return True
         if os.pread(fd, len(verdict) + 1, 0) == verdict:
             return True
         scan_shard(check)
-        # Written in place under the lock: a crash mid-write leaves other bytes, which only means re-hashing.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, verdict, 0)
+        # Written in place under the lock: a crash mid-write leaves other bytes, which only means re-hashing;
+        # a failed write (a full disk) only means hashing again next time.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, verdict, 0)
         return True
     finally:
         os.close(fd)  # also releases the lock

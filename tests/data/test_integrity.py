@@ -150,3 +150,15 @@ def test_the_read_path_imports_neither_the_writer_nor_the_tokenizer_libraries() 
     for name in ("data.prepare", "data.writer", "data.tokenizer", "tiktoken", "tokenizers"):
         assert f"'{name}'" not in modules
     assert "'data.verify'" in modules
+
+
+def test_data_bench_reports_loader_start_up_with_and_without_verification(
+    capsys: pytest.CaptureFixture, fresh_cache: Path
+) -> None:
+    from bench.data import main as bench_main
+
+    bench_main(["--only-startup", "--synthetic-mtokens", "4", "--startup-repeats", "1"])
+    out = capsys.readouterr().out
+    assert "loader start-up, synthetic random tokens: train split 4.0M tokens in 2 shards (8 MB)" in out
+    assert "verify off:" in out and "verify, first use on this machine:" in out and "verify, cached:" in out
+    assert os.environ["DIFFV2_VERIFY_CACHE"] == str(fresh_cache)  # the bench put the caller's cache back

@@ -44,7 +44,7 @@ def test_second_prepare_into_a_directory_being_prepared_fails_naming_it_and_trai
     tmp_path: Path, dir_snapshot: object
 ) -> None:
     corpus, out = tmp_path / "corpus", tmp_path / "ds"
-    write_stdlib_docs(corpus, 100)
+    write_stdlib_docs(corpus, 60)
     args = prepare_args(out, corpus, "data.val_fraction=0.1")
     first = subprocess.Popen(
         [sys.executable, "-m", "data.prepare", *args],
