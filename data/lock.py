@@ -52,7 +52,13 @@ def dataset_write_lock(out: Path, wait: bool) -> Iterator[None]:
     """Holds the directory's prepare lock (creating `out`); with `wait`, waits for another holder to finish,
     otherwise fails at once naming it. A directory this call created and left empty is removed again."""
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DatasetError(
+            f"{out}: cannot create the dataset directory ({err.strerror}); point data.dir (or DIFFV2_DATA) "
+            "at a writable place"
+        ) from err
     path = out / LOCK
     fd = _try_lock(path)
     if fd is None and wait:
