@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from bench.config import compose_run_config
+from conf import RunConfig
 from data import TokenLoader, ensure_dataset
 from model import Transformer
-from train.config import RunConfig
 from train.run import run_training
 
 STEPS = 20

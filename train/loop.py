@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from conf import RunConfig
 from model.diagnostics import DiagnosticsRecorder
 from train.checkpoint import Checkpointer
-from train.config import RunConfig
 from train.metrics import MetricsLogger
 from train.optim import LRSchedule
 from train.parallel import DistInfo, autocast, grad_sync
@@ -96,10 +96,10 @@ class Trainer:
         return batch
 
     def _maybe_fault(self, step: int) -> None:
-        t = self.cfg.trainer
-        crash = t.fault == "crash" and step == t.fault_step and self.info.rank == t.fault_rank
+        d = self.cfg.debug
+        crash = d.fault == "crash" and step == d.fault_step and self.info.rank == d.fault_rank
         if crash and _restart_count() == 0:
-            print(f"[rank {self.info.rank}] trainer.fault=crash at step {step}: exiting hard", flush=True)
+            print(f"[rank {self.info.rank}] debug.fault=crash at step {step}: exiting hard", flush=True)
             os._exit(17)
 
     def train_step(self, step: int) -> tuple[float, float, float]:
@@ -112,7 +112,7 @@ class Trainer:
             with grad_sync(p.model, micro == p.grad_accum - 1):
                 with autocast(self.cfg.parallel, self.info):
                     loss = lm_loss(p.model, inputs, targets)
-                if t.fault == "nan" and step == t.fault_step:
+                if self.cfg.debug.fault == "nan_loss" and step == self.cfg.debug.fault_step:
                     loss = loss * float("nan")
                 (loss / p.grad_accum).backward()
             loss_sum += loss.detach()

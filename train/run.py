@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from conf import RunConfig
 from data import TokenLoader, ensure_dataset
 from train.checkpoint import Checkpointer, complete_checkpoints, resolve_resume
-from train.config import RunConfig
 from train.export import export_model
 from train.loop import LoopParts, Trainer, TrainingDiverged
 from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, WandbSink
@@ -77,7 +77,7 @@ def _build_logger(
         JsonlSink(run_dir / "metrics.jsonl", start_step),
     ]
     if cfg.wandb.mode != "disabled":
-        config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+        config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
         sinks.append(WandbSink(cfg.wandb, cfg.run.name, run_dir, counters.wandb_id, config))
     return MetricsLogger(sinks)
 
