@@ -86,8 +86,7 @@ def minimal_loop(cfg: RunConfig) -> float:
 def framework_loop(cfg: RunConfig) -> float:
     """tokens/s the framework itself reports over the same steps (its timing window excludes eval)."""
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-    final = run_training(cfg, config_yaml)
-    return final["tokens_per_s"]
+    return run_training(cfg, config_yaml).tokens_per_s
 
 
 def main(argv: list[str] | None = None) -> None:

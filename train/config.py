@@ -202,8 +202,8 @@ class DebugConfig:
     """Test hooks that break a run on purpose, so the tests can prove recovery; a real run leaves them off."""
 
     fault: Fault = Fault.none
-    """none | crash (fault_rank exits hard, train.debug.EXIT_INJECTED_CRASH) | nan_loss (the loss becomes NaN), at
-    fault_step."""
+    """none | crash (fault_rank exits hard: train.debug.EXIT_INJECTED_CRASH) | nan_loss (the loss becomes
+    NaN), at fault_step."""
     fault_step: int = 0
     """The step (1-based) at which the fault fires; a crash fires on torchrun attempt 0 only."""
     fault_rank: int = 0

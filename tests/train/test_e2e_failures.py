@@ -15,7 +15,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("data_root")]
 
 def test_nan_loss_stops_without_checkpointing(tmp_path, jobs):
     run_dir = tmp_path / "nan"
-    proc = jobs.train(run_dir, "debug.fault=nan_loss", "debug.fault_step=5", "checkpoint.interval=2", check=False)
+    proc = jobs.train(
+        run_dir, "debug.fault=nan_loss", "debug.fault_step=5", "checkpoint.interval=2", check=False
+    )
     assert proc.returncode == 3
     assert "loss is nan at step 5" in proc.stderr
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
