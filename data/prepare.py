@@ -336,16 +336,11 @@ def ensure_dataset(cfg: DataConfig) -> Path:
 
 def _compose(overrides: list[str]) -> DataConfig:
     """cfg.data of the one config tree (conf/config.yaml) with the command line's overrides applied."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from train.config import register_configs
+    from conf import compose
 
-    register_configs()
-    conf_dir = Path(__file__).resolve().parent.parent / "conf"
-    with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
-        cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_object(cfg).data
+    return OmegaConf.to_object(compose(overrides).data)
 
 
 def main(argv: list[str] | None = None) -> None:
