@@ -12,6 +12,25 @@ from typing import Any, Protocol
 from train.config import WandbConfig
 
 Row = dict[str, Any]
+METRICS_FILE = "metrics.jsonl"
+"""One JSON object a line, in the run dir: training rows, val_loss, diag/*, an `end` or `diverged` event."""
+
+
+def read_metrics(path: Path) -> list[Row]:
+    """The rows of a metrics.jsonl (none when it is missing); a line cut short by a crash is skipped.
+
+    The one reader of the file: the trainer (truncating on resume), launch's table and report, bench."""
+    rows: list[Row] = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 class Sink(Protocol):
@@ -106,15 +125,9 @@ class JsonlSink:
         so the file reads as one uninterrupted history."""
         if not self.path.exists():
             return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            if row.get("step", 0) <= step and row.get("event") != "end" and step > 0:
-                kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
+        rows = read_metrics(self.path) if step > 0 else []
+        kept = [r for r in rows if r.get("step", 0) <= step and r.get("event") != "end"]
+        self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
 
     def log(self, row: Row) -> None:
         self.file.write(json.dumps(row) + "\n")
