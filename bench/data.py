@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -130,8 +129,9 @@ def _synthetic_dataset(root: Path, n_tokens: int, shard_tokens: int = 2_000_000,
 
 
 def _startup_figures(dataset_dir: Path, label: str, repeats: int) -> None:
-    """Median seconds to open the train split: unverified, verified with an empty stamp cache (first use on
-    the machine), and verified again with the stamps in place. The shards are in the page cache each time."""
+    """Seconds to open the train split, best of `repeats` (the least disturbed by other work on the machine):
+    unverified, verified with an empty stamp cache (first use on the machine), and verified again with the
+    stamps in place. The shards are in the page cache each time."""
     from data.loader import TokenLoader  # torch: see the note in main's docstring
 
     def open_s(verify: bool, cache: Path) -> float:
@@ -144,9 +144,9 @@ def _startup_figures(dataset_dir: Path, label: str, repeats: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
         caches = [Path(tmp) / f"cache{i}" for i in range(repeats)]
         open_s(False, caches[0])  # warm the page cache and the imports
-        off = statistics.median(open_s(False, caches[0]) for _ in range(repeats))
-        first = statistics.median(open_s(True, cache) for cache in caches)  # each cache starts empty
-        cached = statistics.median(open_s(True, caches[0]) for _ in range(repeats))
+        off = min(open_s(False, caches[0]) for _ in range(repeats))
+        first = min(open_s(True, cache) for cache in caches)  # each cache starts empty
+        cached = min(open_s(True, caches[0]) for _ in range(repeats))
     if previous is None:
         os.environ.pop(CACHE_ENV, None)
     else:
@@ -155,7 +155,7 @@ def _startup_figures(dataset_dir: Path, label: str, repeats: int) -> None:
     size = sum((dataset_dir / s["file"]).stat().st_size for s in train["shards"]) / 1e6
     print(
         f"loader start-up, {label}: train split {train['tokens'] / 1e6:.1f}M tokens in "
-        f"{len(train['shards'])} shards ({size:.0f} MB), median of {repeats}"
+        f"{len(train['shards'])} shards ({size:.0f} MB), best of {repeats}"
     )
     print(
         f"  verify off: {off * 1e3:7.1f} ms | verify, first use on this machine: {first * 1e3:7.1f} ms "

@@ -92,6 +92,16 @@ def _stamp(check: ShardCheck, cache: Path) -> tuple[Path, bytes]:
     return cache / name, f"verified {check.sha256} {resolved}\n".encode()
 
 
+def _stamped(check: ShardCheck, cache: Path) -> bool:
+    """The stamp says verified (read without the lock: a stamp being written reads as not verified)."""
+    stamp, verdict = _stamp(check, cache)
+    try:
+        with open(stamp, "rb") as f:
+            return f.read(len(verdict) + 1) == verdict
+    except OSError:
+        return False
+
+
 def _verify_locked(check: ShardCheck, cache: Path, wait: bool) -> bool:
     """Verifies `check` under its stamp's lock unless the stamp says it is done. False: another process holds
     the lock and `wait` is off (try it later)."""
@@ -134,12 +144,13 @@ def verify_shards(checks: list[ShardCheck]) -> None:
         for check in checks:
             scan_shard(check)
         return
-    if not checks:
+    pending = [check for check in checks if not _stamped(check, cache)]  # cached: no threads, no locks
+    if not pending:
         return
     # Threads hash shards in parallel (hashlib, file reads and numpy release the GIL); map re-raises the first
     # failure in shard order.
-    threads = max(1, min(MAX_THREADS, len(os.sched_getaffinity(0)), len(checks)))
+    threads = max(1, min(MAX_THREADS, len(os.sched_getaffinity(0)), len(pending)))
     with ThreadPoolExecutor(threads, thread_name_prefix="verify-shards") as pool:
-        done = list(pool.map(lambda check: _verify_locked(check, cache, wait=False), checks))
-        busy = [check for check, ok in zip(checks, done, strict=True) if not ok]
+        done = list(pool.map(lambda check: _verify_locked(check, cache, wait=False), pending))
+        busy = [check for check, ok in zip(pending, done, strict=True) if not ok]
         list(pool.map(lambda check: _verify_locked(check, cache, wait=True), busy))
