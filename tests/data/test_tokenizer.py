@@ -54,7 +54,7 @@ def test_reloaded_bpe_encodes_held_out_text_exactly_like_the_hf_trainer(trained:
 
 def test_training_splits_text_like_encoding_except_that_runs_are_cut_after_256_characters() -> None:
     trainer, encoder = hf_bpe_tokenizer().pre_tokenizer, hf_bpe_tokenizer(SPLIT_PATTERN).pre_tokenizer
-    for text in held_out_texts():
+    for text in held_out_texts()[-25:]:  # 20 stdlib files and the unicode / whitespace edge cases
         assert trainer.pre_tokenize_str(text) == encoder.pre_tokenize_str(text), text[:80]
     long = "x" + "a" * 100_000 + " " * 700 + "=" * 600 + "\n" * 600
     pieces = [piece for piece, _ in trainer.pre_tokenize_str(long)]
