@@ -89,3 +89,7 @@ class DataConfig:
     mixture: dict[str, MixtureSourceConfig] = field(default_factory=dict)
     """Train on several prepared datasets by weight, name -> {dir, weight} (data/mixture.py); empty: data.dir
     alone. The sources must exist already (prepare_if_missing covers data.dir only)."""
+    verify_shards: bool = True
+    """Check each shard against the manifest's sha256 (and its token ids against the vocabulary) before
+    first use; a pass is remembered per machine in $DIFFV2_VERIFY_CACHE (default
+    ~/.cache/diffv2/verified-shards)."""

@@ -218,6 +218,7 @@ class TokenLoader(StreamLoader):
         shuffle: bool = True,
         prefetch: int = 2,
         pin_memory: bool = False,
+        verify: bool = True,
         cache: ShardCache | None = None,
         lookahead: int = 4,
     ) -> None:
@@ -226,10 +227,12 @@ class TokenLoader(StreamLoader):
         dataset_dir: a prepared dataset directory, or its fsspec URL (s3://..., read through `cache`).
         prefetch: batches built ahead in a background thread (0: built on demand in the caller's thread).
         pin_memory: page-lock batches for asynchronous host-to-device copies (only when CUDA is present).
+        verify: check the split's shards against the manifest's sha256 before first use (once per machine;
+        a URL's shards are checked as they download instead).
         lookahead: for a URL, micro-batches ahead whose shards are downloaded in the background.
         """
         super().__init__(split, seq_len, micro_batch, rank, world_size, seed, shuffle, prefetch, pin_memory)
-        self._data = open_dataset(dataset_dir, split, seq_len, cache)
+        self._data = open_dataset(dataset_dir, split, seq_len, cache, verify)
         self.lookahead = lookahead
         self.fingerprint: str = self._data.fingerprint
         self.vocab_size: int = self._data.vocab_size

@@ -86,15 +86,17 @@ class MixtureLoader(StreamLoader):
         shuffle: bool = True,
         prefetch: int = 2,
         pin_memory: bool = False,
+        verify: bool = True,
     ) -> None:
-        """Like TokenLoader, over several datasets; they must share one tokenizer."""
+        """Like TokenLoader, over several datasets; they must share one tokenizer. `verify`: each source's
+        shards against its manifest's sha256 before first use."""
         super().__init__(split, seq_len, micro_batch, rank, world_size, seed, shuffle, prefetch, pin_memory)
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
             raise DatasetError(f"data.mixture names a source twice: {names}")
         self.sources = list(sources)
         self.counts = block_counts(self.sources)
-        opened = [self._open(s, split, seq_len) for s in self.sources]
+        opened = [self._open(s, split, seq_len, verify) for s in self.sources]
         self._datasets = [data for data, _ in opened]
         (first_tok, first_fp), first = opened[0][1], self.sources[0]
         for s, (_, (tok, fp)) in zip(self.sources[1:], opened[1:], strict=True):
@@ -120,7 +122,9 @@ class MixtureLoader(StreamLoader):
         self._blocks_lock = threading.Lock()
 
     @staticmethod
-    def _open(source: MixtureSource, split: str, seq_len: int) -> tuple[TokenDataset, tuple[str, str]]:
+    def _open(
+        source: MixtureSource, split: str, seq_len: int, verify: bool = True
+    ) -> tuple[TokenDataset, tuple[str, str]]:
         """The source's split and its tokenizer (name, fingerprint); errors name the source."""
         field = f"data.mixture.{source.name}"
         if is_url(source.dir):
@@ -135,7 +139,7 @@ class MixtureLoader(StreamLoader):
             )
         try:
             tokenizer = read_manifest(Path(source.dir))["tokenizer"]
-            data = TokenDataset(source.dir, split, seq_len)
+            data = TokenDataset(source.dir, split, seq_len, verify=verify)
         except DatasetError as err:
             raise DatasetError(f"{field} ({source.dir}): {err}") from err
         return data, (tokenizer["name"], tokenizer["fingerprint"])
@@ -257,14 +261,15 @@ def build_loader(
     seed: int,
     shuffle: bool,
     pin_memory: bool,
+    verify: bool = True,
 ) -> StreamLoader:
     """The loader `cfg` describes: a MixtureLoader over data.mixture when it names sources, else a TokenLoader
     over data.dir."""
     args = (split, seq_len, micro_batch, rank, world_size, seed, shuffle, cfg.prefetch, pin_memory)
     if cfg.mixture:
-        return MixtureLoader(mixture_sources(cfg.mixture), *args)
+        return MixtureLoader(mixture_sources(cfg.mixture), *args, verify=verify)
     cache = cache_from_config(cfg.cache) if is_url(cfg.dir) else None
-    return TokenLoader(cfg.dir, *args, cache=cache, lookahead=cfg.cache.lookahead)
+    return TokenLoader(cfg.dir, *args, verify=verify, cache=cache, lookahead=cfg.cache.lookahead)
 
 
 def ensure_data(cfg: DataConfig) -> None:

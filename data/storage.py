@@ -31,10 +31,8 @@ import numpy as np
 
 from data.config import CacheConfig, DataConfig
 from data.dataset import TokenDataset
-from data.shards import VERSION, DatasetError, dtype_for_vocab, open_shard
-from data.writer import SPLITS
+from data.shards import MANIFEST, SPLITS, VERSION, DatasetError, dtype_for_vocab, open_shard
 
-MANIFEST = "manifest.json"
 CHUNK = 8 << 20
 """Bytes per read while downloading (hashed as they arrive)."""
 
@@ -336,12 +334,16 @@ def cache_from_config(cfg: CacheConfig) -> ShardCache:
 
 
 def open_dataset(
-    dataset_dir: str | Path, split: str, seq_len: int, cache: ShardCache | None = None
+    dataset_dir: str | Path,
+    split: str,
+    seq_len: int,
+    cache: ShardCache | None = None,
+    verify: bool = True,
 ) -> TokenDataset | RemoteDataset:
-    """A local directory as a TokenDataset; a URL as a RemoteDataset reading through `cache` (default:
-    CacheConfig's defaults)."""
+    """A local directory as a TokenDataset (`verify`: its shards' sha256 before first use); a URL as a
+    RemoteDataset reading through `cache` (default: CacheConfig's defaults), which verifies every download."""
     if not is_url(dataset_dir):
-        return TokenDataset(dataset_dir, split, seq_len)
+        return TokenDataset(dataset_dir, split, seq_len, verify=verify)
     if cache is None:
         cache = cache_from_config(CacheConfig(dir=os.environ.get("DIFFV2_CACHE", ".cache/shards")))
     return RemoteDataset(str(dataset_dir), split, seq_len, cache)

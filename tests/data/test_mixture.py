@@ -154,8 +154,9 @@ def test_a_missing_or_empty_source_is_refused_naming_it(
     with pytest.raises(DatasetError, match=r"data\.mixture\.gone\.dir=.*nowhere' does not exist"):
         MixtureLoader([sources[0], missing], "train", SEQ, 2, 0, 1, 0)
     (tmp_path / "txt").mkdir()
-    (tmp_path / "txt" / "a.txt").write_text("x = 1\n")
-    cfg = make_config(tmp_path / "txt", tmp_path / "tiny", val_fraction=0.0, num_workers=1)
+    for i in range(8):  # a few tokens per split: fewer than one window of SEQ + 1
+        (tmp_path / "txt" / f"{i}.txt").write_text("x")
+    cfg = make_config(tmp_path / "txt", tmp_path / "tiny", val_fraction=0.5, num_workers=1)
     cfg.tokenizer = TokenizerConfig(name="bpe", vocab_size=512, path=str(Path(sources[0].dir) / "tokenizer"))
     prepare_dataset(cfg)
     empty = MixtureSource("tiny", cfg.dir, 1.0)

@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from train.config import register_configs
+from conf import compose_run_config
 
 pytestmark = [pytest.mark.slow]
 
@@ -43,10 +41,7 @@ def test_mixture_with_document_mask_trains_resumes_and_logs_tokens_per_source(
 
 
 def test_the_mixture_config_group_composes_two_sources_with_weights():
-    register_configs()
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base=None):
-        cfg = OmegaConf.to_object(compose(config_name="config", overrides=["data=mixture"]))
+    cfg = compose_run_config(["data=mixture"])  # composed and validated as `python -m train` does
     mixture = cfg.data.mixture
     assert sorted(mixture) == ["stdlib", "stdlib_small"]
     assert (mixture["stdlib"].weight, mixture["stdlib_small"].weight) == (0.7, 0.3)
