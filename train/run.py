@@ -182,7 +182,9 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
         logger.abort(exit_code=0)
         return final
     export_path = (
-        export_model(model, cfg.model, run_dir, info.is_main) if cfg.checkpoint.export_safetensors else None
+        export_model(model, cfg.model, run_dir, info.is_main, tokenizer=cfg.data.tokenizer)
+        if cfg.checkpoint.export_safetensors
+        else None
     )
     logger.close(final)
     if info.is_main:
@@ -193,5 +195,5 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
         print(f"metrics:    {(run_dir / 'metrics.jsonl').resolve()}")
         print(f"wandb:      {wandb_dirs[-1].resolve() if wandb_dirs else '-'} (mode {cfg.wandb.mode})")
         if export_path is not None:
-            print(f"weights:    {export_path.resolve()} + model_config.json")
+            print(f"weights:    {export_path.resolve()} + model_config.json + tokenizer.tiktoken")
     return final
