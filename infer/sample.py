@@ -16,6 +16,8 @@ import torch
 
 from infer.load import Loaded, load
 
+DEFAULT_NEW_TOKENS = 64
+
 
 def _encode(loaded: Loaded, prompt: str) -> list[int]:
     # A prompt starts a document: the model saw <|endoftext|> before every document in training.
@@ -73,7 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source", type=Path, help="run dir, checkpoint dir or export dir")
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", type=Path, help="one prompt per line")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="default: 64, or fewer to fit the model's max_seq_len",
+    )
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
@@ -84,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     prompts = _prompts(args)
     loaded = load(args.source, args.device)
+    if args.max_new_tokens is None:
+        longest = max(len(_encode(loaded, p)) for p in prompts)
+        args.max_new_tokens = max(1, min(DEFAULT_NEW_TOKENS, loaded.cfg.max_seq_len - longest))
     try:
         outputs = complete(
             loaded,
