@@ -29,7 +29,13 @@ def evaluate(
 
     from infer.lm_eval_model import DiffV2LM
 
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    manager = None
+    if (
+        include_path is not None
+    ):  # indexing lm-eval's own thousands of task files takes a while: skip when unused
+        manager = TaskManager(include_path=str(include_path), include_defaults=False)
+    if manager is None or any(t not in manager.all_tasks for t in tasks):
+        manager = TaskManager(include_path=str(include_path) if include_path else None)
     missing = [t for t in tasks if t not in manager.all_tasks]
     if missing:
         where = f" or under --include-path {include_path}" if include_path else ""

@@ -78,6 +78,7 @@ def exports(
     return made
 
 
+@pytest.mark.slow
 def test_transformers_loads_the_export_without_the_project_with_the_same_logits(exports, tmp_path: Path):
     dirs = [str(path) for _, path in exports.values()]
     out = tmp_path / "hf.json"
