@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 
+from infer.evaluate import main as evaluate_main
 from infer.lm_eval_model import DiffV2LM
 from infer.load import load
 from infer.scoring import token_logprobs
@@ -71,18 +69,19 @@ def test_generate_until_is_the_greedy_continuation_cut_at_the_stop_string(lm: Di
     assert text == greedy.split("<|endoftext|>")[0].split("(")[0]
 
 
-@pytest.mark.slow
-def test_evaluate_command_writes_scores_for_a_local_choice_task_and_a_generation_task(trained_run, tmp_path):
+def test_evaluate_command_writes_scores_for_a_local_choice_task_and_a_generation_task(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(REPO)  # the tasks' data_files are relative to the repository root
     out = tmp_path / "lm_eval.json"
-    cmd = [
-        sys.executable, "-m", "infer.evaluate", str(trained_run),
-        "--tasks", "diffv2_python_mc", "diffv2_python_gen", "--include-path", str(TASKS), "--out", str(out),
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    evaluate_main(
+        [str(trained_run), "--tasks", "diffv2_python_mc", "diffv2_python_gen"]
+        + ["--include-path", str(TASKS), "--out", str(out)]
+    )
     results = json.loads(out.read_text())["results"]
     mc, gen = results["diffv2_python_mc"], results["diffv2_python_gen"]
     assert 0.0 <= mc["acc,none"] <= 1.0 and 0.0 <= mc["acc_norm,none"] <= 1.0
     assert 0.0 <= gen["exact_match,none"] <= 1.0
-    assert f"lm_eval/diffv2_python_mc/acc: {mc['acc,none']:.4f}" in proc.stdout
+    assert mc["sample_len"] == 10 and gen["sample_len"] == 8  # every document of the two JSONL files
+    assert f"lm_eval/diffv2_python_mc/acc: {mc['acc,none']:.4f}" in capsys.readouterr().out
