@@ -77,7 +77,7 @@ def test_evaluate_command_writes_scores_for_a_local_choice_task_and_a_generation
     out = tmp_path / "lm_eval.json"
     evaluate_main(
         [str(trained_run), "--tasks", "diffv2_python_mc", "diffv2_python_gen"]
-        + ["--include-path", str(TASKS), "--out", str(out)]
+        + ["--include-path", str(TASKS), "--out", str(out), "--wandb-mode", "offline"]
     )
     results = json.loads(out.read_text())["results"]
     mc, gen = results["diffv2_python_mc"], results["diffv2_python_gen"]
@@ -85,3 +85,5 @@ def test_evaluate_command_writes_scores_for_a_local_choice_task_and_a_generation
     assert 0.0 <= gen["exact_match,none"] <= 1.0
     assert mc["sample_len"] == 10 and gen["sample_len"] == 8  # every document of the two JSONL files
     assert f"lm_eval/diffv2_python_mc/acc: {mc['acc,none']:.4f}" in capsys.readouterr().out
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")  # beside the JSON
+    assert b"lm_eval/diffv2_python_gen/exact_match" in run_file.read_bytes()

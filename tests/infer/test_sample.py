@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,15 @@ def test_checkpoint_dir_samples_what_the_run_dir_samples(trained_run: Path, caps
     from_run = _sample(capsys, str(trained_run), *argv)
     from_checkpoint = _sample(capsys, str(trained_run / "checkpoints" / "step_00000004"), *argv)
     assert from_run == from_checkpoint and from_run[0]["completion"]
+
+
+def test_a_run_stopped_before_its_export_samples_from_its_latest_checkpoint(
+    trained_run: Path, tmp_path, capsys
+):
+    stopped = tmp_path / "stopped"  # what a run stopped by SIGTERM leaves: checkpoints, no model.safetensors
+    shutil.copytree(trained_run / "checkpoints", stopped / "checkpoints")
+    argv = ("--prompt", "def", "--max-new-tokens", "8", "--temperature", "0")
+    assert _sample(capsys, str(stopped), *argv) == _sample(capsys, str(trained_run), *argv)
 
 
 def test_prompts_file_gives_each_prompt_its_own_continuation_in_order(trained_run: Path, tmp_path, capsys):
