@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import wandb
 from lm_eval.api.instance import Instance
 
 from infer.evaluate import main as evaluate_main
@@ -85,5 +86,6 @@ def test_evaluate_command_writes_scores_for_a_local_choice_task_and_a_generation
     assert 0.0 <= gen["exact_match,none"] <= 1.0
     assert mc["sample_len"] == 10 and gen["sample_len"] == 8  # every document of the two JSONL files
     assert f"lm_eval/diffv2_python_mc/acc: {mc['acc,none']:.4f}" in capsys.readouterr().out
+    wandb.teardown()  # stops wandb's service process, which writes the run file in the background
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")  # beside the JSON
     assert b"lm_eval/diffv2_python_gen/exact_match" in run_file.read_bytes()
