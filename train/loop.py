@@ -185,8 +185,8 @@ class Trainer:
                 window_time += time.perf_counter() - tick
                 c.step, c.tokens_seen = step, c.tokens_seen + t.global_batch_tokens
                 window_tokens += t.global_batch_tokens
-                loss_spike = c.loss_spikes.update(loss)
-                grad_spike = c.grad_spikes.update(grad_norm)
+                c.loss_spikes.update(loss)
+                c.grad_spikes.update(grad_norm)
                 if step % t.log_interval == 0 or step == start_step + 1 or step == t.max_steps:
                     tps = window_tokens / window_time
                     per_device = tps / self.info.world_size
@@ -200,8 +200,9 @@ class Trainer:
                         "mfu": mfu(self.flops_per_token, per_device, self.peak),
                         "peak_mem_gb": peak_memory_gb(self.device),
                         "tokens_seen": c.tokens_seen,
-                        "loss_spike": loss_spike,
-                        "grad_spike": grad_spike,
+                        # spikes in the steps since the previous row (train/spikes.py), then the totals
+                        "loss_spike": c.loss_spikes.take_pending(),
+                        "grad_spike": c.grad_spikes.take_pending(),
                         "loss_spikes": c.loss_spikes.count,
                         "grad_spikes": c.grad_spikes.count,
                     }

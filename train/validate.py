@@ -34,6 +34,20 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
 
 
+def _spike_settings(t) -> None:
+    """The spike detector's limits (train/spikes.py): a window to measure noise over, thresholds >= 0."""
+    from train.spikes import MIN_HISTORY
+
+    if t.spike_window < MIN_HISTORY:
+        raise ConfigError(f"trainer.spike_window={t.spike_window} must be >= {MIN_HISTORY} steps")
+    _positive("trainer.loss_spike_jump", t.loss_spike_jump, allow_zero=True)
+    _positive("trainer.loss_spike_deviations", t.loss_spike_deviations, allow_zero=True)
+    if t.grad_spike_factor < 1.0:
+        raise ConfigError(
+            f"trainer.grad_spike_factor={t.grad_spike_factor} must be >= 1 (a multiple of the median)"
+        )
+
+
 def grad_accum_steps(cfg: RunConfig, world_size: int) -> int:
     """Micro-steps per optimizer step so that one step sees exactly trainer.global_batch_tokens tokens."""
     t = cfg.trainer
@@ -82,6 +96,7 @@ def validate_run_config(cfg: RunConfig, world_size: int) -> None:
     _choice("trainer.device", t.device, DEVICES)
     _choice("wandb.mode", cfg.wandb.mode, WANDB_MODES)
     _choice("trainer.fault", t.fault, FAULTS)
+    _spike_settings(t)
     if p.activation_checkpointing == "every_k":
         _positive("parallel.ac_every", p.ac_every)
     if not 0.0 <= o.min_lr_ratio <= 1.0:
