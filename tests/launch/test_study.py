@@ -1,5 +1,5 @@
 """A study from run dirs as the trainer writes them (config.yaml + metrics.jsonl): trials grouped into
-variants over seeds, differences to the reference paired by seed (95% interval), tables, band plots, report.md."""
+variants over seeds, differences to the reference paired by seed (95% interval), tables, bands, report.md."""
 
 from __future__ import annotations
 
