@@ -39,7 +39,8 @@ def test_ablations_recipe_runs_over_seeds_and_reports_each_variant_against_diff_
     assert report_main([str(sweep_dir), "--out", str(tmp_path / "report")]) == 0
     printed = capsys.readouterr().out
     lines = [line.split() for line in printed.splitlines()]
-    rows = {cells[0]: cells for cells in lines if len(cells) > 5 and cells[1] == "2"}  # variant rows: 2 seeds
+    # variant rows (trial rows start with the trial number): name, seeds, val loss ± std, Δ ± interval, ...
+    rows = {c[0]: c for c in lines if len(c) > 5 and c[1] == "2" and not c[0][0].isdigit()}
     assert set(rows) == {"diff_v2", "diff_v2_no_lambda"}  # one row per variant, 2 seeds each
     assert "(reference)" in rows["diff_v2"]
     assert rows["diff_v2_no_lambda"][5].startswith(("+", "-"))  # Δ val vs diff_v2
