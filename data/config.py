@@ -63,3 +63,7 @@ class DataConfig:
     """Resume even if the checkpoint's dataset fingerprint differs from the shards on disk."""
     prepare_if_missing: bool = True
     """Training prepares the dataset (and tokenizer) when its manifest is missing."""
+    verify_shards: bool = True
+    """Check each shard against the manifest's sha256 (and its token ids against the vocabulary) before
+    first use; a pass is remembered per machine in $DIFFV2_VERIFY_CACHE (default
+    ~/.cache/diffv2/verified-shards)."""

@@ -78,11 +78,13 @@ class TokenLoader:
         shuffle: bool = True,
         prefetch: int = 2,
         pin_memory: bool = False,
+        verify: bool = True,
     ) -> None:
         """Iterating yields (inputs, targets), int64 [micro_batch, seq_len], endlessly (the caller bounds it).
 
         prefetch: batches built ahead in a background thread (0: built on demand in the caller's thread).
         pin_memory: page-lock batches for asynchronous host-to-device copies (only when CUDA is present).
+        verify: check the split's shards against the manifest's sha256 before first use (once per machine).
         """
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank}, world_size={world_size}; expected 0 <= rank < world_size")
@@ -90,7 +92,7 @@ class TokenLoader:
             raise ValueError(f"micro_batch={micro_batch}; expected at least 1 sequence")
         if prefetch < 0:
             raise ValueError(f"prefetch={prefetch}; expected 0 (no background thread) or more batches")
-        self._data = TokenDataset(dataset_dir, split, seq_len)
+        self._data = TokenDataset(dataset_dir, split, seq_len, verify=verify)
         self.split = split
         self.seq_len = seq_len
         self.micro_batch = micro_batch

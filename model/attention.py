@@ -65,6 +65,12 @@ class Attention(nn.Module):
         # what the diagnostics read: heads and width of o_proj's input
         self.n_out_heads, self.out_head_dim = n_heads, head_dim
 
+    def reset_variant_parameters(self) -> None:
+        """The parameters beyond q/k/v/o (which Transformer.init_weights draws): DIFF V2's lambda_proj keeps
+        PyTorch's default Linear init, as the reference."""
+        if self.lambda_proj is not None:
+            self.lambda_proj.reset_parameters()
+
     def _qkv(self, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, _ = x.shape
         q = apply_rope(self.q_proj(x).view(b, n, self.n_q_heads, self.head_dim), *rope)
@@ -122,6 +128,7 @@ class DiffV1Attention(nn.Module):
         head_dim: int,
         layer_idx: int,
         attn_impl: str = "auto",
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
@@ -135,13 +142,18 @@ class DiffV1Attention(nn.Module):
         self.lambda_k1 = nn.Parameter(torch.empty(head_dim))
         self.lambda_q2 = nn.Parameter(torch.empty(head_dim))
         self.lambda_k2 = nn.Parameter(torch.empty(head_dim))
-        self.subln = nn.RMSNorm(2 * head_dim, eps=1e-5)
+        self.subln = nn.RMSNorm(2 * head_dim, eps=norm_eps)
         self.n_out_heads, self.out_head_dim = n_heads // 2, 2 * head_dim
 
     def reset_lambda(self) -> None:
         """The four lambda vectors ~ N(0, 0.1), as V1."""
         for p in (self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2):
             nn.init.normal_(p, mean=0.0, std=0.1)
+
+    def reset_variant_parameters(self) -> None:
+        """The parameters beyond q/k/v/o (which Transformer.init_weights draws): lambdas and the sub-norm."""
+        self.reset_lambda()
+        self.subln.reset_parameters()
 
     def lambda_full(self) -> torch.Tensor:
         """The layer's scalar lambda (computed in at least float32: exp amplifies bf16 rounding)."""
@@ -189,7 +201,13 @@ def build_attention(cfg: ModelConfig, layer_idx: int) -> nn.Module:
     """The attention module of block `layer_idx` for the configured variant."""
     if cfg.attention == "diff_v1":
         return DiffV1Attention(
-            cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, layer_idx, attn_impl=cfg.attn_impl
+            cfg.d_model,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+            layer_idx,
+            attn_impl=cfg.attn_impl,
+            norm_eps=cfg.norm_eps,
         )
     if cfg.attention == "diff_v2":
         return Attention(

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import Attention, DiffV1Attention, Rope, build_attention
+from model.attention import Rope, build_attention
 from model.config import ModelConfig, validate_model_config
 from model.flops import flops_per_token
 from model.generate import generate
@@ -94,11 +94,7 @@ class Transformer(nn.Module):
             for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
                 nn.init.normal_(proj.weight, std=cfg.init_std)
             nn.init.normal_(attn.o_proj.weight, std=residual_std)
-            if isinstance(attn, Attention) and attn.lambda_proj is not None:
-                attn.lambda_proj.reset_parameters()
-            if isinstance(attn, DiffV1Attention):
-                attn.reset_lambda()
-                attn.subln.reset_parameters()
+            attn.reset_variant_parameters()
             nn.init.normal_(layer.feed_forward.w1.weight, std=cfg.init_std)
             nn.init.normal_(layer.feed_forward.w3.weight, std=cfg.init_std)
             nn.init.normal_(layer.feed_forward.w2.weight, std=residual_std)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from conf import RunConfig
 from data import TokenLoader, ensure_dataset
 from train.checkpoint import Checkpointer, complete_checkpoints, resolve_resume
-from train.config import RunConfig
 from train.export import export_model
-from train.loop import LoopParts, Trainer, TrainingDiverged
-from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, WandbSink
+from train.loop import LoopParts, RunResult, Trainer, TrainingDiverged
+from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, Sink, WandbSink
 from train.optim import LRSchedule, build_optimizer
 from train.parallel import DistInfo, build_model, from_rank0, init_distributed, shutdown_distributed
 from train.spikes import spike_counters
@@ -64,6 +63,7 @@ def _loader(cfg: RunConfig, info: DistInfo, dataset_dir: Path, split: str) -> To
         shuffle=split == "train",
         prefetch=cfg.data.prefetch,
         pin_memory=info.device.type == "cuda",
+        verify=cfg.data.verify_shards,
     )
 
 
@@ -72,18 +72,18 @@ def _build_logger(
 ) -> MetricsLogger:
     if not info.is_main:
         return MetricsLogger([])
-    sinks: list[Any] = [
+    sinks: list[Sink] = [
         ConsoleSink(cfg.trainer.max_steps, start_step),
         JsonlSink(run_dir / "metrics.jsonl", start_step),
     ]
     if cfg.wandb.mode != "disabled":
-        config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+        config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
         sinks.append(WandbSink(cfg.wandb, cfg.run.name, run_dir, counters.wandb_id, config))
     return MetricsLogger(sinks)
 
 
-def run_training(cfg: RunConfig, config_yaml: str) -> dict[str, Any]:
-    """Runs the whole job on this rank; returns the final metrics (rank 0's view)."""
+def run_training(cfg: RunConfig, config_yaml: str) -> RunResult:
+    """Runs the whole job on this rank; returns how it ended (rank 0's metrics)."""
     info = init_distributed(cfg.parallel, cfg.trainer.device)
     try:
         return _run(cfg, config_yaml, info)
@@ -91,11 +91,12 @@ def run_training(cfg: RunConfig, config_yaml: str) -> dict[str, Any]:
         shutdown_distributed()
 
 
-def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
+def _build_parts(
+    cfg: RunConfig, config_yaml: str, info: DistInfo, run_dir: Path
+) -> tuple[LoopParts, Path | None]:
+    """Data, model, optimizer and the saved state (resumed when a checkpoint is found); also the checkpoint
+    resumed from."""
     t = cfg.trainer
-    _agree_run_dir(cfg.run.dir, info)
-    run_dir = Path(cfg.run.dir)
-    torch.manual_seed(cfg.run.seed)
     dataset_dir = _prepare_data(cfg, info)
     train_loader = _loader(cfg, info, dataset_dir, "train")
     val_loader = _loader(cfg, info, dataset_dir, "val")
@@ -104,7 +105,6 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's vocabulary "
             f"({train_loader.vocab_size}, data.tokenizer); raise model.vocab_size"
         )
-
     model, raw_model = build_model(cfg.model, cfg.parallel, info, cfg.run.seed)
     optimizer = build_optimizer(model, cfg.optim, info.device)
     schedule = LRSchedule(optimizer, cfg.optim, t.max_steps)
@@ -114,7 +114,6 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
         model, optimizer, schedule, train_loader, counters, cfg.data.allow_fingerprint_mismatch
     )
     checkpointer = Checkpointer(cfg.checkpoint, run_dir / "checkpoints", info)
-
     resume = from_rank0(
         resolve_resume(cfg.checkpoint.resume, checkpointer.root) if info.is_main else None, info
     )
@@ -123,49 +122,70 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
         counters.config_yaml = config_yaml  # later checkpoints carry the config they were written under
     if not counters.wandb_id:
         counters.wandb_id = from_rank0(secrets.token_hex(4), info)
+    parts = LoopParts(
+        cfg=cfg,
+        info=info,
+        model=model,
+        raw_model=raw_model,
+        optimizer=optimizer,
+        schedule=schedule,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        counters=counters,
+        state=state,
+        checkpointer=checkpointer,
+        logger=_build_logger(cfg, info, run_dir, counters, counters.step),
+        grad_accum=grad_accum_steps(cfg, info.world_size),
+        config_yaml=config_yaml,
+    )
+    return parts, resume
 
-    grad_accum = grad_accum_steps(cfg, info.world_size)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_yaml)
-        n_params = raw_model.num_params()
-        print(
-            f"run {cfg.run.name}: {n_params / 1e6:.2f}M params ({cfg.model.attention}), {info.world_size} x "
-            f"{info.device.type} [{cfg.parallel.mode}], {t.global_batch_tokens} tokens/step = {grad_accum} "
-            f"micro-steps x {t.micro_batch} x {t.seq_len} x {info.world_size} ranks; run dir {run_dir}"
-            + (f"; resumed from {resume} at step {counters.step}" if resume else ""),
-            flush=True,
-        )
-    if info.is_main and counters.step >= t.max_steps:
+
+def _announce(parts: LoopParts, run_dir: Path, resume: Path | None) -> None:
+    """Rank 0: the run's config next to its checkpoints, and one line saying what is about to run."""
+    cfg, info, t, step = parts.cfg, parts.info, parts.cfg.trainer, parts.counters.step
+    (run_dir / "config.yaml").write_text(parts.config_yaml)
+    print(
+        f"run {cfg.run.name}: {parts.raw_model.num_params() / 1e6:.2f}M params ({cfg.model.attention}), "
+        f"{info.world_size} x {info.device.type} [{cfg.parallel.mode}], "
+        f"{t.global_batch_tokens} tokens/step = {parts.grad_accum} micro-steps x {t.micro_batch} x "
+        f"{t.seq_len} x {info.world_size} ranks; "
+        f"run dir {run_dir}" + (f"; resumed from {resume} at step {step}" if resume else ""),
+        flush=True,
+    )
+    if step >= t.max_steps:
         print(
             f"already at trainer.max_steps={t.max_steps}: nothing to train (raise trainer.max_steps, or "
             "start over with checkpoint.resume=none or another run.name); evaluating and exporting only",
             flush=True,
         )
-    logger = _build_logger(cfg, info, run_dir, counters, counters.step)
-    trainer = Trainer(
-        LoopParts(
-            cfg,
-            info,
-            model,
-            raw_model,
-            optimizer,
-            schedule,
-            train_loader,
-            val_loader,
-            counters,
-            state,
-            checkpointer,
-            logger,
-            grad_accum,
-            config_yaml,
-        )
-    )
+
+
+def _print_outputs(cfg: RunConfig, run_dir: Path, checkpoints: Path, export_path: Path | None) -> None:
+    latest = complete_checkpoints(checkpoints)
+    wandb_dirs = sorted((run_dir / "wandb").glob("*run-*")) if cfg.wandb.mode != "disabled" else []
+    print(f"run dir:    {run_dir.resolve()}")
+    print(f"checkpoint: {latest[-1].resolve() if latest else '-'}")
+    print(f"metrics:    {(run_dir / 'metrics.jsonl').resolve()}")
+    print(f"wandb:      {wandb_dirs[-1].resolve() if wandb_dirs else '-'} (mode {cfg.wandb.mode})")
+    if export_path is not None:
+        print(f"weights:    {export_path.resolve()} + model_config.json")
+
+
+def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> RunResult:
+    _agree_run_dir(cfg.run.dir, info)
+    run_dir = Path(cfg.run.dir)
+    torch.manual_seed(cfg.run.seed)
+    if info.is_main:  # Hydra makes it for `python -m train`; a caller in Python may not have
+        run_dir.mkdir(parents=True, exist_ok=True)
+    parts, resume = _build_parts(cfg, config_yaml, info, run_dir)
+    if info.is_main:
+        _announce(parts, run_dir, resume)
+    logger = parts.logger
     try:
-        final = trainer.run()
+        result = Trainer(parts).run()
     except TrainingDiverged as err:
-        if info.is_main:
-            logger.log({"step": counters.step + 1, "event": "diverged", "message": str(err)})
+        logger.log({"step": parts.counters.step + 1, "event": "diverged", "message": str(err)})
         logger.abort()
         raise
     except BaseException:
@@ -173,22 +193,15 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
         raise
     finally:
         # Stop the loaders' prefetch threads before the process group and interpreter go away.
-        train_loader.close()
-        val_loader.close()
-    if "stopped_by" in final:
+        parts.train_loader.close()
+        parts.val_loader.close()
+    if result.stopped:
         logger.abort(exit_code=0)
-        return final
-    export_path = (
-        export_model(model, cfg.model, run_dir, info.is_main) if cfg.checkpoint.export_safetensors else None
-    )
-    logger.close(final)
+        return result
+    export_path = None
+    if cfg.checkpoint.export_safetensors:
+        export_path = export_model(parts.model, cfg.model, run_dir, info.is_main)
+    logger.close(result.summary())
     if info.is_main:
-        latest = complete_checkpoints(checkpointer.root)
-        wandb_dirs = sorted((run_dir / "wandb").glob("*run-*")) if cfg.wandb.mode != "disabled" else []
-        print(f"run dir:    {run_dir.resolve()}")
-        print(f"checkpoint: {latest[-1].resolve() if latest else '-'}")
-        print(f"metrics:    {(run_dir / 'metrics.jsonl').resolve()}")
-        print(f"wandb:      {wandb_dirs[-1].resolve() if wandb_dirs else '-'} (mode {cfg.wandb.mode})")
-        if export_path is not None:
-            print(f"weights:    {export_path.resolve()} + model_config.json")
-    return final
+        _print_outputs(cfg, run_dir, parts.checkpointer.root, export_path)
+    return result

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from conf import RunConfig
 from train.checkpoint import complete_checkpoints, resolve_resume
-from train.config import RunConfig
 from train.validate import ConfigError, grad_accum_steps, validate_run_config
 
 
