@@ -51,6 +51,10 @@ def test_grad_accum_derived_from_global_batch():
         ("wandb.mode", "maybe", 1),
         ("trainer.seq_len", 4096, 1),
         ("parallel.mode", "single", 2),
+        ("trainer.spike_window", 5, 1),
+        ("trainer.loss_spike_jump", -0.1, 1),
+        ("trainer.loss_spike_deviations", float("nan"), 1),
+        ("trainer.grad_spike_factor", 0.5, 1),
     ],
 )
 def test_bad_values_name_their_field(key, value, world):
