@@ -153,6 +153,6 @@ class Transformer(nn.Module):
         """Training FLOPs (forward + backward) per token at this sequence length; see model/flops.py."""
         return flops_per_token(self.cfg, seq_len)
 
-    # `model.generate(tokens, max_new_tokens, temperature=1.0, top_k=None, generator=None)`: KV-cached
-    # decoding, greedy at temperature 0; see model/generate.py.
+    # `model.generate(tokens, max_new_tokens, temperature=1.0, top_k=None, generator=None, top_p=None)`:
+    # KV-cached decoding, greedy at temperature 0; see model/generate.py.
     generate = generate

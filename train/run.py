@@ -18,7 +18,7 @@ from train.loop import LoopParts, RunResult, Trainer, TrainingDiverged
 from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, Sink, WandbSink
 from train.optim import LRSchedule, build_optimizer
 from train.parallel import DistInfo, build_model, from_rank0, init_distributed, shutdown_distributed
-from train.spikes import SpikeCounter
+from train.spikes import spike_counters
 from train.state import Counters, TrainState
 from train.validate import ConfigError, grad_accum_steps
 
@@ -118,11 +118,8 @@ def _build_parts(
     model, raw_model = build_model(cfg.model, cfg.parallel, info, cfg.run.seed)
     optimizer = build_optimizer(model, cfg.optim, info.device)
     schedule = LRSchedule(optimizer, cfg.optim, t.max_steps)
-    counters = Counters(
-        config_yaml=config_yaml,
-        loss_spikes=SpikeCounter(t.spike_factor, t.spike_window),
-        grad_spikes=SpikeCounter(t.spike_factor, t.spike_window),
-    )
+    loss_spikes, grad_spikes = spike_counters(t)
+    counters = Counters(config_yaml=config_yaml, loss_spikes=loss_spikes, grad_spikes=grad_spikes)
     state = TrainState(
         model, optimizer, schedule, train_loader, counters, cfg.data.allow_fingerprint_mismatch
     )
@@ -182,7 +179,7 @@ def _print_outputs(cfg: RunConfig, run_dir: Path, checkpoints: Path, export_path
     print(f"metrics:    {(run_dir / 'metrics.jsonl').resolve()}")
     print(f"wandb:      {wandb_dirs[-1].resolve() if wandb_dirs else '-'} (mode {cfg.wandb.mode})")
     if export_path is not None:
-        print(f"weights:    {export_path.resolve()} + model_config.json")
+        print(f"weights:    {export_path.resolve()} + model_config.json + tokenizer.tiktoken")
 
 
 def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> RunResult:
@@ -213,7 +210,9 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> RunResult:
         return result
     export_path = None
     if cfg.checkpoint.export_safetensors:
-        export_path = export_model(parts.model, cfg.model, run_dir, info.is_main)
+        export_path = export_model(
+            parts.model, cfg.model, run_dir, info.is_main, tokenizer=cfg.data.tokenizer
+        )
     logger.close(result.summary())
     if info.is_main:
         _print_outputs(cfg, run_dir, parts.checkpointer.root, export_path)
