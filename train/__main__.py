@@ -1,7 +1,9 @@
 """`python -m train <overrides>` (one process) or `torchrun --nproc_per_node=N -m train <overrides>`.
 
 Exit codes: 0 done (or checkpointed on SIGTERM/SIGUSR1), 1 a bad key or type (Hydra names the key),
-2 a bad value (the message names the field), 3 the loss diverged (no checkpoint written).
+2 a bad value (the message names the field), 3 the loss diverged (no checkpoint written), 4 a checkpoint
+refused (corrupt, unsafe to unpickle, or of another model: the message names the file or the fields),
+5 the run directory refused (in use by another job, or holding another run's output: the message names it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from train.config import RunConfig, register_configs
 
 EXIT_BAD_VALUE = 2
 EXIT_DIVERGED = 3
+EXIT_CHECKPOINT = 4
+EXIT_RUN_DIR = 5
 
 
 def _fail(message: str, code: int) -> None:
@@ -28,8 +32,10 @@ def _fail(message: str, code: int) -> None:
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def _main(cfg: DictConfig) -> None:
     from model import validate_model_config
+    from train.checkpoint import CheckpointError
     from train.loop import TrainingDiverged
     from train.run import DatasetUnavailable, run_training
+    from train.rundir import RunDirError
     from train.validate import ConfigError, validate_run_config
 
     try:
@@ -47,10 +53,18 @@ def _main(cfg: DictConfig) -> None:
         _fail(f"training diverged: {err}", EXIT_DIVERGED)
     except DatasetUnavailable as err:
         _fail(f"dataset unavailable: {err}", EXIT_BAD_VALUE)
+    except CheckpointError as err:
+        _fail(f"checkpoint refused: {err}", EXIT_CHECKPOINT)
+    except RunDirError as err:
+        _fail(f"run dir refused: {err}", EXIT_RUN_DIR)
 
 
 def main() -> None:
     register_configs()
+    # Hydra would create hydra.run.dir (${run.dir}) before any check ran: a refused run (a bad run.name,
+    # a run dir in use) must leave nothing behind. The run creates its dir itself.
+    if not any(arg.startswith("hydra.run.dir=") for arg in sys.argv[1:]):
+        sys.argv.append("hydra.run.dir=.")
     _main()
 
 

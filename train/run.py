@@ -11,13 +11,14 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from data import TokenLoader, ensure_dataset
-from train.checkpoint import Checkpointer, complete_checkpoints, resolve_resume
+from train.checkpoint import Checkpointer, complete_checkpoints
 from train.config import RunConfig
 from train.export import export_model
 from train.loop import LoopParts, Trainer, TrainingDiverged
 from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, WandbSink
 from train.optim import LRSchedule, build_optimizer
 from train.parallel import DistInfo, build_model, from_rank0, init_distributed, shutdown_distributed
+from train.rundir import choose_resume, hold_run_dir, rank0_decides
 from train.spikes import SpikeCounter
 from train.state import Counters, TrainState
 from train.validate import ConfigError, grad_accum_steps
@@ -86,7 +87,8 @@ def run_training(cfg: RunConfig, config_yaml: str) -> dict[str, Any]:
     """Runs the whole job on this rank; returns the final metrics (rank 0's view)."""
     info = init_distributed(cfg.parallel, cfg.trainer.device)
     try:
-        return _run(cfg, config_yaml, info)
+        with hold_run_dir(cfg.run, info):
+            return _run(cfg, config_yaml, info)
     finally:
         shutdown_distributed()
 
@@ -118,9 +120,7 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
     )
     checkpointer = Checkpointer(cfg.checkpoint, run_dir / "checkpoints", info)
 
-    resume = from_rank0(
-        resolve_resume(cfg.checkpoint.resume, checkpointer.root) if info.is_main else None, info
-    )
+    resume = rank0_decides(lambda: choose_resume(cfg), info)
     if resume is not None:
         checkpointer.load(state, resume)
         counters.config_yaml = config_yaml  # later checkpoints carry the config they were written under
