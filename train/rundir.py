@@ -37,8 +37,9 @@ from train.validate import ConfigError
 
 LOCK_FILE = ".lock"
 REPLACED_DIR = "replaced"
-OUTPUTS = ("metrics.jsonl", "config.yaml", "model.safetensors", "model_config.json")
-"""Files of a finished or started run that a fresh run would overwrite."""
+OUTPUTS = ("metrics.jsonl", "model.safetensors", "model_config.json")
+"""Files of a started or finished run that a fresh run would overwrite. config.yaml alone (a job that stopped
+before its first step) is no work to lose; it moves aside with the rest under run.overwrite=true."""
 
 T = TypeVar("T")
 
@@ -144,7 +145,7 @@ def _metrics_rows(path: Path) -> int:
 
 def _foreign_output(run_dir: Path, start_step: int) -> list[Path]:
     """What a run starting at start_step in run_dir would mix with: newer complete checkpoints; on a fresh
-    start also incomplete ones, metrics rows, the saved config and an export."""
+    start also incomplete ones, metrics rows and an export."""
     root = run_dir / "checkpoints"
     if start_step > 0:
         return [p for p in complete_checkpoints(root) if checkpoint_step(p) > start_step]
@@ -200,6 +201,8 @@ def choose_resume(cfg: RunConfig) -> Path | None:
         )
     if foreign:
         described = _describe(foreign, run_dir)
+        if start_step == 0 and (run_dir / "config.yaml").is_file():
+            foreign.append(run_dir / "config.yaml")
         moved_to = _move_aside(foreign, run_dir)
         print(f"run.overwrite: moved {described} of an earlier run to {moved_to}", flush=True)
     return resume
