@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from bench.config import compose_run_config
+from conf import RunConfig
 from data import TokenLoader, ensure_dataset
 from model import Transformer
-from train.config import RunConfig
 from train.run import run_training
 
 STEPS = 20
@@ -86,8 +86,7 @@ def minimal_loop(cfg: RunConfig) -> float:
 def framework_loop(cfg: RunConfig) -> float:
     """tokens/s the framework itself reports over the same steps (its timing window excludes eval)."""
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-    final = run_training(cfg, config_yaml)
-    return final["tokens_per_s"]
+    return run_training(cfg, config_yaml).tokens_per_s
 
 
 def main(argv: list[str] | None = None) -> None:

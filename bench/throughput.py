@@ -27,6 +27,7 @@ import torch
 from bench.config import CONF_DIR, compose_run_config
 from model import Transformer
 from model.flops import flops_per_token
+from train.metrics import METRICS_FILE, read_metrics
 
 REPO = CONF_DIR.parent
 QUIET = [
@@ -92,7 +93,7 @@ def measure(size: str, attention: str, compiled: bool, args: argparse.Namespace,
         last_lines = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
         result.error = f"exit {proc.returncode}: {' | '.join(last_lines)}"
         return result
-    rows = [json.loads(line) for line in (tmp / label / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp / label / METRICS_FILE)
     last = [row for row in rows if "tokens_per_s_per_device" in row][-1]  # the last step's row
     for key in ("tokens_per_s", "tokens_per_s_per_device", "mfu", "peak_mem_gb"):
         setattr(result, key, last.get(key))

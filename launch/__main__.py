@@ -12,9 +12,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from conf import register_configs
 from launch import app, sweep
 from launch.process import LaunchStopped
-from train.config import register_configs
 
 MULTIRUN_FLAGS = ("-m", "--multirun", "hydra.mode=MULTIRUN")
 

@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Executor(StrEnum):
+    slurm = "slurm"
+    local = "local"
+
+
+class LaunchKind(StrEnum):
+    local = "local"
+    multinode = "multinode"
+    slurm = "slurm"
+
+
+# torchrun's names; "etcd-v2" is no identifier, hence the functional form (OmegaConf matches member names).
+RdzvBackend = StrEnum("RdzvBackend", [(name, name) for name in ("c10d", "static", "etcd", "etcd-v2")])
 
 
 @dataclass
@@ -29,7 +45,7 @@ class SlurmConfig:
     """How many times a timed-out job is requeued (pre-empted jobs are always requeued)."""
     setup: list[str] = field(default_factory=list)
     """Shell lines run in the sbatch script before the job starts, e.g. `module load cuda`."""
-    executor: str = "slurm"
+    executor: Executor = Executor.slurm
     """submitit executor: slurm | local (runs the same job here without a cluster, for tests)."""
     folder: str = "${run.dir}/slurm"
     """Where submitit writes scripts and logs."""
@@ -41,7 +57,7 @@ class SlurmConfig:
 
 @dataclass
 class LaunchConfig:
-    kind: str = "local"
+    kind: LaunchKind = LaunchKind.local
     """local | multinode | slurm."""
     nnodes: int = 1
     """Number of nodes (torchrun agents)."""
@@ -49,7 +65,7 @@ class LaunchConfig:
     """Ranks per node: an integer, or auto (the GPUs present, else 1; launch=slurm: slurm.gpus_per_node)."""
     node_rank: int | None = None
     """This node's rank (multinode); None: from SLURM_NODEID or 0."""
-    rdzv_backend: str = "c10d"
+    rdzv_backend: RdzvBackend = RdzvBackend.c10d
     """torchrun rendezvous backend."""
     rdzv_endpoint: str = "127.0.0.1:29500"
     """host:port of the rendezvous (multinode); under SLURM the host becomes the job's first node."""

@@ -8,27 +8,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-METRICS_FILE = "metrics.jsonl"
+from train.metrics import METRICS_FILE, read_metrics
+
+__all__ = ["METRICS_FILE", "RunSummary", "find_runs", "format_table", "read_metrics", "summarize"]
+
 STATUS_FILE = "launch.json"
 """Written by the launcher into each run dir: the command, the overrides and torchrun's exit code."""
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The JSON objects of a metrics.jsonl; a torn last line (a run killed mid-write) is skipped."""
-    records: list[dict] = []
-    if not path.exists():
-        return records
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            records.append(obj)
-    return records
 
 
 def is_run_dir(path: Path) -> bool:

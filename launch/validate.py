@@ -11,21 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 from launch.config import LaunchConfig
 from launch.nodes import LaunchError, NodePlan, gpus_present, plan_node
 
-KINDS = ("local", "multinode", "slurm")
-EXECUTORS = ("slurm", "local")
-RDZV_BACKENDS = ("c10d", "static", "etcd", "etcd-v2")
-
-
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise LaunchError(f"{key}={value!r}: expected one of {list(allowed)}")
-
 
 def validate_launch(cfg: LaunchConfig, trainer_device: str, gpus: int) -> NodePlan:
     """Launch settings that Hydra's schema cannot check; returns the plan for this node (or, under
     launch=slurm, for one node of the job)."""
-    _choice("launch.kind", cfg.kind, KINDS)
-    _choice("launch.rdzv_backend", cfg.rdzv_backend, RDZV_BACKENDS)
     if not hasattr(signal, f"SIG{cfg.preempt_signal}"):
         raise LaunchError(
             f"launch.preempt_signal={cfg.preempt_signal!r}: expected a signal name such as USR1"
@@ -45,7 +34,6 @@ def validate_launch(cfg: LaunchConfig, trainer_device: str, gpus: int) -> NodePl
 
 def validate_slurm(cfg: LaunchConfig) -> None:
     s = cfg.slurm
-    _choice("launch.slurm.executor", s.executor, EXECUTORS)
     if s.executor == "slurm":
         if not s.partition:
             raise LaunchError(
@@ -77,14 +65,12 @@ def validate_slurm(cfg: LaunchConfig) -> None:
 
 
 def validate_config(cfg: DictConfig, gpus: int | None = None) -> NodePlan:
-    """Every check that can run before a process starts; raises LaunchError or the trainer's ConfigError."""
-    from model.config import validate_model_config
-    from train.validate import validate_run_config
+    """Every check that can run before a process starts; raises LaunchError or the config layer's
+    ConfigError (the trainer's and model's checks, at the world size this launch gives them)."""
+    from conf import validated
 
     gpus = gpus_present() if gpus is None else gpus
     launch_cfg: LaunchConfig = OmegaConf.to_object(cfg.launch)  # type: ignore[assignment]
     node = validate_launch(launch_cfg, cfg.trainer.device, gpus)
-    run_cfg = OmegaConf.to_object(cfg)
-    validate_model_config(run_cfg.model)  # type: ignore[attr-defined]
-    validate_run_config(run_cfg, world_size=node.nnodes * node.nproc_per_node)  # type: ignore[arg-type]
+    validated(cfg, world_size=node.nnodes * node.nproc_per_node)
     return node

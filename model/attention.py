@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig, baseline_heads
+from model.documents import Documents
 from model.kernel import attention
 from model.kv_cache import KVCache
 from model.rope import apply_rope
@@ -65,6 +66,12 @@ class Attention(nn.Module):
         # what the diagnostics read: heads and width of o_proj's input
         self.n_out_heads, self.out_head_dim = n_heads, head_dim
 
+    def reset_variant_parameters(self) -> None:
+        """The parameters beyond q/k/v/o (which Transformer.init_weights draws): DIFF V2's lambda_proj keeps
+        PyTorch's default Linear init, as the reference."""
+        if self.lambda_proj is not None:
+            self.lambda_proj.reset_parameters()
+
     def _qkv(self, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, _ = x.shape
         q = apply_rope(self.q_proj(x).view(b, n, self.n_q_heads, self.head_dim), *rope)
@@ -79,12 +86,15 @@ class Attention(nn.Module):
         lam = self.lambda_proj(x)
         return torch.sigmoid(lam) if self.lambda_mode == "sigmoid" else lam
 
-    def forward(self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None, docs: Documents | None = None
+    ) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self._qkv(x, rel_pos)
         if cache is not None:
             k, v = cache.update(k, v)
-        attn = attention(q, k, v, self.attn_impl)  # [B, N, Hq, d]
+        # one kernel call over all 2h heads: both heads of a pair see the same document mask
+        attn = attention(q, k, v, self.attn_impl, docs)  # [B, N, Hq, d]
         if self.use_diff_v2:
             # unbind, not strided slices: its backward stacks the two gradients instead of zero-filling twice
             if self.pairing == "grouped":  # heads (2j, 2j+1)
@@ -122,6 +132,7 @@ class DiffV1Attention(nn.Module):
         head_dim: int,
         layer_idx: int,
         attn_impl: str = "auto",
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
@@ -135,13 +146,18 @@ class DiffV1Attention(nn.Module):
         self.lambda_k1 = nn.Parameter(torch.empty(head_dim))
         self.lambda_q2 = nn.Parameter(torch.empty(head_dim))
         self.lambda_k2 = nn.Parameter(torch.empty(head_dim))
-        self.subln = nn.RMSNorm(2 * head_dim, eps=1e-5)
+        self.subln = nn.RMSNorm(2 * head_dim, eps=norm_eps)
         self.n_out_heads, self.out_head_dim = n_heads // 2, 2 * head_dim
 
     def reset_lambda(self) -> None:
         """The four lambda vectors ~ N(0, 0.1), as V1."""
         for p in (self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2):
             nn.init.normal_(p, mean=0.0, std=0.1)
+
+    def reset_variant_parameters(self) -> None:
+        """The parameters beyond q/k/v/o (which Transformer.init_weights draws): lambdas and the sub-norm."""
+        self.reset_lambda()
+        self.subln.reset_parameters()
 
     def lambda_full(self) -> torch.Tensor:
         """The layer's scalar lambda (computed in at least float32: exp amplifies bf16 rounding)."""
@@ -160,13 +176,15 @@ class DiffV1Attention(nn.Module):
         v = self.v_proj(x).view(b, n, self.n_kv_heads // 2, 2 * self.head_dim)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None, docs: Documents | None = None
+    ) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self._qkv(x, rel_pos)
         if cache is not None:
             k, v = cache.update(k, v)
-        attn1 = attention(q[:, :, 0::2], k[:, :, 0::2], v, self.attn_impl)  # [B, N, h/2, 2d]
-        attn2 = attention(q[:, :, 1::2], k[:, :, 1::2], v, self.attn_impl)
+        attn1 = attention(q[:, :, 0::2], k[:, :, 0::2], v, self.attn_impl, docs)  # [B, N, h/2, 2d]
+        attn2 = attention(q[:, :, 1::2], k[:, :, 1::2], v, self.attn_impl, docs)
         attn = attn1 - self.lambda_full().to(attn1.dtype) * attn2
         attn = self.subln(attn) * (1 - self.lambda_init)
         return self.o_proj(attn.reshape(b, n, self.n_heads * self.head_dim))
@@ -189,7 +207,13 @@ def build_attention(cfg: ModelConfig, layer_idx: int) -> nn.Module:
     """The attention module of block `layer_idx` for the configured variant."""
     if cfg.attention == "diff_v1":
         return DiffV1Attention(
-            cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, layer_idx, attn_impl=cfg.attn_impl
+            cfg.d_model,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+            layer_idx,
+            attn_impl=cfg.attn_impl,
+            norm_eps=cfg.norm_eps,
         )
     if cfg.attention == "diff_v2":
         return Attention(

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from enum import Enum, StrEnum
 
-ATTENTION_VARIANTS = ("baseline", "diff_v1", "diff_v2")
-PAIRINGS = ("grouped", "cross_group")
-LAMBDA_MODES = ("sigmoid", "none", "linear")
-ATTN_IMPLS = ("auto", "sdpa", "flash")
+
+class Attention(StrEnum):
+    baseline = "baseline"
+    diff_v1 = "diff_v1"
+    diff_v2 = "diff_v2"
+
+
+class Pairing(StrEnum):
+    grouped = "grouped"
+    cross_group = "cross_group"
+
+
+class LambdaMode(StrEnum):
+    sigmoid = "sigmoid"
+    none = "none"
+    linear = "linear"
+
+
+class AttnImpl(StrEnum):
+    auto = "auto"
+    sdpa = "sdpa"
+    flash = "flash"
 
 
 @dataclass
@@ -36,14 +56,14 @@ class ModelConfig:
     """RMSNorm epsilon."""
     tie_embeddings: bool = False
     """Share the token embedding with the LM head."""
-    attention: str = "diff_v2"
+    attention: Attention = Attention.diff_v2
     """Attention variant: baseline | diff_v1 | diff_v2."""
-    pairing: str = "grouped"
+    pairing: Pairing = Pairing.grouped
     """DIFF V2 head pairing: grouped (adjacent heads 2j, 2j+1 share a GQA group) | cross_group (heads j and
     h + j, from different groups: blog ablation 1)."""
-    lambda_mode: str = "sigmoid"
+    lambda_mode: LambdaMode = LambdaMode.sigmoid
     """DIFF V2 lambda: sigmoid (spec) | none (attn1 - attn2, ablation 2) | linear (no sigmoid, ablation 3)."""
-    attn_impl: str = "auto"
+    attn_impl: AttnImpl = AttnImpl.auto
     """Attention kernel: auto (flash-attn on CUDA when installed, else SDPA) | sdpa | flash."""
     init_std: float = 0.02
     """Std of the normal init of weights; residual output projections are scaled by 1/sqrt(2 * n_layers)."""
@@ -54,9 +74,19 @@ class ModelConfig:
     variant: str = "diff_v2"
     """Attention preset name (the conf/attention file, e.g. baseline_2h, diff_v2_cross_group), for run names
     and reports only: `attention` alone does not tell the ablations apart."""
+    doc_mask: bool = False
+    """Document-aware attention: no token attends across an end-of-text token inside a training window (each
+    document of a packed window is attended as if alone; model/documents.py). Off: plain causal over the
+    whole window. Applies to full-window forwards (training, evaluation); KV-cached decoding stays causal."""
+    doc_positions: bool = False
+    """With doc_mask: RoPE positions restart at 0 at every document start instead of counting from the
+    window start."""
+    eot_token: int = -1
+    """The end-of-text token id that ends each document (doc_mask); -1: training takes it from the dataset."""
 
 
 def _fail(field: str, value: object, expected: str) -> None:
+    value = value.value if isinstance(value, Enum) else value  # 'diff_v1', not <Attention.diff_v1: ...>
     raise ValueError(f"model.{field}={value!r} {expected}")
 
 
@@ -74,16 +104,17 @@ def validate_model_config(cfg: ModelConfig) -> None:
     if cfg.max_seq_len <= 0:
         _fail("max_seq_len", cfg.max_seq_len, "must be a positive integer")
     for field in ("rope_theta", "norm_eps", "init_std", "baseline_head_factor"):
-        if getattr(cfg, field) <= 0:
-            _fail(field, getattr(cfg, field), "must be > 0")
-    for field, allowed in (
-        ("attention", ATTENTION_VARIANTS),
-        ("pairing", PAIRINGS),
-        ("lambda_mode", LAMBDA_MODES),
-        ("attn_impl", ATTN_IMPLS),
+        if not math.isfinite(getattr(cfg, field)) or getattr(cfg, field) <= 0:
+            _fail(field, getattr(cfg, field), "must be a finite number > 0")
+    for field, choices in (
+        ("attention", Attention),
+        ("pairing", Pairing),
+        ("lambda_mode", LambdaMode),
+        ("attn_impl", AttnImpl),
     ):
-        if getattr(cfg, field) not in allowed:
-            _fail(field, getattr(cfg, field), f"is not one of {list(allowed)}")
+        # A config built in Python is not checked by OmegaConf; a composed one already was.
+        if getattr(cfg, field) not in list(choices):
+            _fail(field, getattr(cfg, field), f"is not one of {[c.value for c in choices]}")
     if cfg.head_dim % 2:
         _fail("head_dim", cfg.head_dim, "must be even: rotary embeddings rotate pairs of channels")
     if cfg.n_heads % cfg.n_kv_heads:
@@ -93,12 +124,13 @@ def validate_model_config(cfg: ModelConfig) -> None:
     if cfg.attention != "diff_v2":
         for field, default in (("pairing", "grouped"), ("lambda_mode", "sigmoid")):
             if getattr(cfg, field) != default:
-                _fail(field, getattr(cfg, field), f"is a DIFF V2 ablation; model.attention={cfg.attention!r}")
+                ablation = f"is a DIFF V2 ablation; model.attention={str(cfg.attention)!r}"
+                _fail(field, getattr(cfg, field), ablation)
     if cfg.attention != "baseline" and cfg.baseline_head_factor != 1.0:
         _fail(
             "baseline_head_factor",
             cfg.baseline_head_factor,
-            f"must be 1.0 unless model.attention='baseline' (got {cfg.attention!r})",
+            f"must be 1.0 unless model.attention='baseline' (got {str(cfg.attention)!r})",
         )
     if cfg.attention == "baseline":
         heads = cfg.baseline_head_factor * cfg.n_heads
@@ -114,6 +146,12 @@ def validate_model_config(cfg: ModelConfig) -> None:
             f"model.attention='diff_v1' needs even model.n_heads={cfg.n_heads} and model.n_kv_heads="
             f"{cfg.n_kv_heads}: V1 splits them into h/2 differential heads of two sub-heads each"
         )
+    if cfg.doc_positions and not cfg.doc_mask:
+        _fail(
+            "doc_positions", cfg.doc_positions, "needs model.doc_mask=true (positions restart per document)"
+        )
+    if not -1 <= cfg.eot_token < cfg.vocab_size:
+        _fail("eot_token", cfg.eot_token, f"must be -1 (from the dataset) or in [0, {cfg.vocab_size})")
     if cfg.attention == "diff_v2" and cfg.pairing == "cross_group" and cfg.n_kv_heads < 2:
         _fail(
             "pairing",

@@ -1,9 +1,11 @@
 """`python -m train <overrides>` (one process) or `torchrun --nproc_per_node=N -m train <overrides>`.
 
-Exit codes: 0 done (or checkpointed on SIGTERM/SIGUSR1), 1 a bad key or type (Hydra names the key),
-2 a bad value (the message names the field), 3 the loss diverged (no checkpoint written), 4 a checkpoint
-refused (corrupt, unsafe to unpickle, or of another model: the message names the file or the fields),
-5 the run directory refused (in use by another job, or holding another run's output: the message names it).
+Exit codes: 0 done (or checkpointed on SIGTERM/SIGUSR1, or when its torchrun died), 1 a bad key or type
+(Hydra names the key; also a key added with `+` that the schema does not know), 2 a bad value (the message
+names the field), 3 the loss diverged (no checkpoint written), 4 a checkpoint refused (corrupt, unsafe to
+unpickle, or of another model: the message names the file or the fields), 5 the run directory refused (in
+use by another job, or holding another run's output: the message names it). train.debug's injected crash
+exits with EXIT_INJECTED_CRASH (17).
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from train.config import RunConfig, register_configs
+from conf import ConfigError, UnknownConfigKey, register_configs, validated
 
+EXIT_BAD_KEY = 1
 EXIT_BAD_VALUE = 2
 EXIT_DIVERGED = 3
 EXIT_CHECKPOINT = 4
@@ -31,18 +33,17 @@ def _fail(message: str, code: int) -> None:
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def _main(cfg: DictConfig) -> None:
-    from model import validate_model_config
+    from data import DatasetError
     from train.checkpoint import CheckpointError
     from train.loop import TrainingDiverged
     from train.run import DatasetUnavailable, run_training
     from train.rundir import RunDirError
-    from train.validate import ConfigError, validate_run_config
 
     try:
-        run_cfg: RunConfig = OmegaConf.to_object(cfg)  # resolves interpolations; type-checks each value
-        validate_model_config(run_cfg.model)
-        validate_run_config(run_cfg, world_size=int(os.environ.get("WORLD_SIZE", 1)))
-    except (ConfigError, ValueError, OmegaConfBaseException) as err:
+        run_cfg = validated(cfg, world_size=int(os.environ.get("WORLD_SIZE", 1)))
+    except UnknownConfigKey as err:
+        _fail(f"config error: {err}", EXIT_BAD_KEY)
+    except ValueError as err:  # ConfigError, the model's checks
         _fail(f"config error: {err}", EXIT_BAD_VALUE)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     try:
@@ -51,7 +52,7 @@ def _main(cfg: DictConfig) -> None:
         _fail(f"config error: {err}", EXIT_BAD_VALUE)
     except TrainingDiverged as err:
         _fail(f"training diverged: {err}", EXIT_DIVERGED)
-    except DatasetUnavailable as err:
+    except (DatasetUnavailable, DatasetError) as err:  # DatasetError: a shard failed its checks
         _fail(f"dataset unavailable: {err}", EXIT_BAD_VALUE)
     except CheckpointError as err:
         _fail(f"checkpoint refused: {err}", EXIT_CHECKPOINT)

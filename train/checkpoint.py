@@ -146,6 +146,21 @@ class Checkpointer:
         # with FSDP's and deadlock.
         self.group = dist.new_group(backend="gloo") if cfg.async_save and cfg.enabled else None
         self.pending: tuple[Future, Path, Path, str] | None = None
+        self.last_saved: int | None = None
+        """The step of the latest save started (or loaded), so the end of a run does not save it twice."""
+
+    def save_if_due(self, state: TrainState, step: int, config_yaml: str, max_steps: int) -> None:
+        """The interval save: every checkpoint.interval steps (in the background with async_save), except at
+        max_steps, which save_final writes blocking. Also publishes a background save that has finished."""
+        if self.cfg.interval and step % self.cfg.interval == 0 and step < max_steps:
+            self.save(state, step, config_yaml)
+        self.poll()
+
+    def save_final(self, state: TrainState, step: int, config_yaml: str) -> None:
+        """The end of a run: saves `step` unless it is saved already, and waits for every background save."""
+        if self.last_saved != step:
+            self.save(state, step, config_yaml, block=True)
+        self.wait()
 
     def save(self, state: TrainState, step: int, config_yaml: str, block: bool = False) -> None:
         """Writes step_<step>; with async_save returns once the state is copied, and publishes later.
@@ -153,6 +168,7 @@ class Checkpointer:
         if not self.cfg.enabled:
             return
         self.wait()
+        self.last_saved = step
         tmp = self.root / f".tmp_{step_dir_name(step)}"
         final = self.root / step_dir_name(step)
         if self.info.is_main:
@@ -200,6 +216,7 @@ class Checkpointer:
 
     def load(self, state: TrainState, path: Path) -> None:
         load_safely({"app": state}, path)
+        self.last_saved = state.counters.step
 
 
 def load_safely(state_dict: dict[str, Any], path: Path) -> None:

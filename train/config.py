@@ -1,12 +1,76 @@
-"""The run's typed schema. Hydra composes conf/ onto it; unknown keys and wrong types fail at start-up."""
+"""train's sections of the run config: trainer, optim, parallel, checkpoint, wandb, debug.
+
+conf.schema.RunConfig puts them beside the model, data and launch sections. A choice field is typed with the
+StrEnum above it, so OmegaConf refuses any other value naming the allowed ones. No torch here: the schema is
+read by processes (the launcher, data.prepare) that never train.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-from data.config import DataConfig
-from launch.config import LaunchConfig
-from model.config import ModelConfig
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Schedule(StrEnum):
+    cosine = "cosine"
+    wsd = "wsd"
+    constant = "constant"
+
+
+class Fused(StrEnum):
+    """optim.fused stays a str field: YAML and Hydra read `true`/`false` as booleans, which Enums refuse."""
+
+    auto = "auto"
+    true = "true"
+    false = "false"
+
+
+class ParallelMode(StrEnum):
+    single = "single"
+    ddp = "ddp"
+    fsdp = "fsdp"
+    hsdp = "hsdp"
+
+
+class MixedPrecision(StrEnum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+class ActivationCheckpointing(StrEnum):
+    none = "none"
+    full = "full"
+    every_k = "every_k"
+
+
+class Backend(StrEnum):
+    auto = "auto"
+    nccl = "nccl"
+    gloo = "gloo"
+
+
+class ShardedInit(StrEnum):
+    rank0 = "rank0"
+    sharded = "sharded"
+
+
+class WandbMode(StrEnum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class Fault(StrEnum):
+    none = "none"
+    crash = "crash"
+    nan_loss = "nan_loss"  # not "nan": Hydra's command line reads nan as a float
 
 
 @dataclass
@@ -35,7 +99,7 @@ class TrainerConfig:
     """Sequences per rank per forward/backward; gradient accumulation makes up the rest."""
     grad_clip: float = 1.0
     """Max global gradient norm (0: no clipping)."""
-    device: str = "auto"
+    device: Device = Device.auto
     """auto (cuda when present, else cpu) | cpu | cuda."""
     log_interval: int = 10
     """Steps between metric lines."""
@@ -45,23 +109,24 @@ class TrainerConfig:
     """Micro-batches per rank in one validation pass."""
     diag_interval: int = 50
     """Steps between DIFF diagnostics (lambda stats, activation maxima, context RMS, qk-logits, sink mass)."""
-    spike_factor: float = 3.0
-    """A loss or grad norm above this multiple of its running median counts as a spike."""
+    loss_spike_jump: float = 0.03
+    """A loss spike exceeds the loss's recent level (median of the last 5 steps) by more than this fraction
+    of it, and by loss_spike_deviations robust stds; see train/spikes.py."""
+    loss_spike_deviations: float = 6.0
+    """A loss spike exceeds the recent level by more than this many robust stds of the per-step noise
+    (1.4826 * MAD of the differences over spike_window steps): small batches' noise does not count."""
+    grad_spike_factor: float = 2.0
+    """A grad-norm spike exceeds this multiple of the grad norm's recent level (median of the last 5)."""
     detect_anomaly_nan: bool = True
     """Stop on a NaN or inf loss (never checkpointed)."""
     peak_tflops: float = 0.0
     """Peak dense bf16 TFLOP/s of one device for MFU; 0: table (A100/H100/H200/B200), else no MFU."""
-    spike_window: int = 50
-    """Steps in the running median that loss and grad-norm spikes are measured against."""
+    spike_window: int = 100
+    """Steps over which the per-step noise of the loss (for loss_spike_deviations) is measured; the level a
+    spike is compared with is the median of the last 5 steps (train/spikes.py)."""
     stop_at_step: int = 0
     """Checkpoint and exit cleanly after this step, keeping max_steps' LR schedule (0: run to max_steps); a
     later job with checkpoint.resume=auto continues. For time-sliced jobs and tests."""
-    fault: str = "none"
-    """Test hook: none | crash (fault_rank exits hard) | nan (the loss becomes NaN) at fault_step."""
-    fault_step: int = 0
-    """Test hook: the step (1-based) at which the fault fires; a crash fires on torchrun attempt 0 only."""
-    fault_rank: int = 0
-    """Test hook: the rank that crashes."""
 
 
 @dataclass
@@ -70,7 +135,7 @@ class OptimConfig:
     """Peak learning rate."""
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of lr (cosine, wsd)."""
-    schedule: str = "cosine"
+    schedule: Schedule = Schedule.cosine
     """cosine (warmup + cosine) | wsd (warmup-stable-decay) | constant (after warmup)."""
     warmup_steps: int = 20
     """Linear warmup steps."""
@@ -84,27 +149,27 @@ class OptimConfig:
     """AdamW second-moment decay."""
     eps: float = 1e-8
     """AdamW denominator epsilon."""
-    fused: str = "auto"
-    """auto (fused AdamW on CUDA) | true | false."""
+    fused: str = Fused.auto.value
+    """auto (fused AdamW on CUDA) | true | false (see Fused)."""
 
 
 @dataclass
 class ParallelConfig:
-    mode: str = "single"
+    mode: ParallelMode = ParallelMode.single
     """single | ddp | fsdp | hsdp."""
     replicate: int = 1
     """hsdp: size of the replicate dimension (shard dimension = world / replicate)."""
-    mixed_precision: str = "auto"
+    mixed_precision: MixedPrecision = MixedPrecision.auto
     """auto (bf16 params + fp32 reduce on CUDA, fp32 on CPU) | bf16 | fp32."""
-    activation_checkpointing: str = "none"
+    activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
     """none | full | every_k."""
     ac_every: int = 2
     """every_k: checkpoint one block in this many."""
     compile: bool = False
     """torch.compile each block."""
-    backend: str = "auto"
+    backend: Backend = Backend.auto
     """auto (nccl on CUDA, gloo on CPU) | nccl | gloo."""
-    init: str = "rank0"
+    init: ShardedInit = ShardedInit.rank0
     """fsdp/hsdp weight init: rank0 (rank 0 builds the full model on its CPU and sends each rank its shards:
     weights equal at any world size) | sharded (each rank initialises its own shards: no full copy anywhere,
     but the weights depend on the world size)."""
@@ -135,7 +200,7 @@ class CheckpointConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"
+    mode: WandbMode = WandbMode.offline
     """online | offline | disabled."""
     project: str = "diffv2"
     """wandb project."""
@@ -150,20 +215,13 @@ class WandbConfig:
 
 
 @dataclass
-class RunConfig:
-    run: RunInfo = field(default_factory=RunInfo)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    launch: LaunchConfig = field(default_factory=LaunchConfig)
+class DebugConfig:
+    """Test hooks that break a run on purpose, so the tests can prove recovery; a real run leaves them off."""
 
-
-def register_configs() -> None:
-    """Puts the schema in Hydra's ConfigStore as `run_config`, first in conf/config.yaml's defaults."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="run_config", node=RunConfig)
+    fault: Fault = Fault.none
+    """none | crash (fault_rank exits hard: train.debug.EXIT_INJECTED_CRASH) | nan_loss (the loss becomes
+    NaN), at fault_step."""
+    fault_step: int = 0
+    """The step (1-based) at which the fault fires; a crash fires on torchrun attempt 0 only."""
+    fault_rank: int = 0
+    """The rank that crashes."""

@@ -1,13 +1,13 @@
 """The training loop: micro-steps into optimizer steps, metrics, validation, diagnostics, checkpoints.
 
 It sees batches and a model only: data formats live in data/, sharding in train/parallel.py, the saved
-state in train/state.py. Every rank runs the same code; rank 0 alone has sinks.
+state in train/state.py, when to checkpoint in train/checkpoint.py. Every rank runs the same code; rank 0
+alone has sinks.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from conf import RunConfig
 from model.diagnostics import DiagnosticsRecorder
 from train.checkpoint import Checkpointer
-from train.config import RunConfig
-from train.metrics import MetricsLogger
+from train.debug import FaultInjector
+from train.metrics import MetricsLogger, Row
 from train.optim import LRSchedule
 from train.parallel import DistInfo, autocast, grad_sync
 from train.signals import StopRequest
@@ -36,7 +37,7 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the run stops without writing a checkpoint."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoopParts:
     """What the loop drives; built by train.run."""
 
@@ -58,6 +59,50 @@ class LoopParts:
     config_yaml: str
 
 
+@dataclass
+class StepResult:
+    """One optimizer step, as every rank agrees on it after the all-reduce."""
+
+    loss: float
+    grad_norm: float
+    lr: float
+
+
+@dataclass
+class RunResult:
+    """How Trainer.run ended: trained to trainer.max_steps, or stopped (checkpointed) to be resumed."""
+
+    step: int
+    stopped_by: str | None = None
+    """What stopped the run early (a signal name, trainer.stop_at_step); None: it reached max_steps."""
+    loss: float | None = None
+    """The last logged training loss."""
+    val_loss: float | None = None
+    tokens_seen: int = 0
+    tokens_per_s: float | None = None
+    """Throughput of the last logged window."""
+    loss_spikes: int = 0
+    grad_spikes: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_by is not None
+
+    def summary(self) -> Row:
+        """The end-of-run row (metrics.jsonl's `end` event, wandb's summary, the console's last line)."""
+        return {
+            "step": self.step,
+            "loss": self.loss,
+            "val_loss": self.val_loss,
+            "tokens_seen": self.tokens_seen,
+            "tokens_per_s": self.tokens_per_s,
+            "loss_spikes": self.loss_spikes,
+            "grad_spikes": self.grad_spikes,
+            "wall_s": self.wall_s,
+        }
+
+
 def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = model(inputs)
     # Logits may come back in bf16; the softmax and the mean are taken in fp32.
@@ -68,179 +113,172 @@ def _full(x: torch.Tensor) -> torch.Tensor:
     return x.full_tensor() if isinstance(x, DTensor) else x
 
 
-def _restart_count() -> int:
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-
-
 class Trainer:
     def __init__(self, parts: LoopParts) -> None:
-        self.p = parts
+        self.parts = parts
         self.cfg, self.info = parts.cfg, parts.info
         self.device = parts.info.device
         self.stop = StopRequest()
+        self.faults = FaultInjector(parts.cfg.debug, parts.info.rank)
+        # The loader yields endlessly (epoch after epoch); the loop bounds it by trainer.max_steps.
         self._batches: Iterator[Batch] = iter(parts.train_loader)
         self.peak = peak_flops(self.device, self.cfg.trainer.peak_tflops)
         self.flops_per_token = parts.raw_model.flops_per_token(self.cfg.trainer.seq_len)
         self.last_batch: Batch | None = None
         self.stop_agreed = False
         """Whether any rank had a stop signal at the last step's all-reduce."""
+        self._window_tokens, self._window_s = 0, 0.0
+        """Tokens and seconds of training steps since the last logged row (eval and saves excluded)."""
 
     def _next_batch(self) -> Batch:
-        try:
-            inputs, targets = next(self._batches)
-        except StopIteration:  # an epoch ended; the loader's next iterator starts the next one
-            self._batches = iter(self.p.train_loader)
-            inputs, targets = next(self._batches)
+        inputs, targets = next(self._batches)
         batch = (inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True))
         self.last_batch = batch
         return batch
 
-    def _maybe_fault(self, step: int) -> None:
-        t = self.cfg.trainer
-        crash = t.fault == "crash" and step == t.fault_step and self.info.rank == t.fault_rank
-        if crash and _restart_count() == 0:
-            print(f"[rank {self.info.rank}] trainer.fault=crash at step {step}: exiting hard", flush=True)
-            os._exit(17)
-
-    def train_step(self, step: int) -> tuple[float, float, float]:
-        """One optimizer step over grad_accum micro-batches; returns (loss, grad_norm, lr) on all ranks."""
-        p, t = self.p, self.cfg.trainer
-        lr = p.schedule.apply()
+    def train_step(self, step: int) -> StepResult:
+        """One optimizer step over grad_accum micro-batches, the same result on all ranks."""
+        parts, trainer = self.parts, self.cfg.trainer
+        lr = parts.schedule.apply()
         loss_sum = torch.zeros((), device=self.device)
-        for micro in range(p.grad_accum):
+        for micro in range(parts.grad_accum):
             inputs, targets = self._next_batch()
-            with grad_sync(p.model, micro == p.grad_accum - 1):
+            with grad_sync(parts.model, micro == parts.grad_accum - 1):
                 with autocast(self.cfg.parallel, self.info):
-                    loss = lm_loss(p.model, inputs, targets)
-                if t.fault == "nan" and step == t.fault_step:
-                    loss = loss * float("nan")
-                (loss / p.grad_accum).backward()
+                    loss = self.faults.loss(lm_loss(parts.model, inputs, targets), step)
+                (loss / parts.grad_accum).backward()
             loss_sum += loss.detach()
         # One all-reduce carries the loss and whether any rank was asked to stop.
         packed = torch.stack(
-            [loss_sum / p.grad_accum, torch.tensor(float(self.stop.requested), device=self.device)]
+            [loss_sum / parts.grad_accum, torch.tensor(float(self.stop.requested), device=self.device)]
         )
         dist.all_reduce(packed)
         loss_value = packed[0].item() / self.info.world_size
         # Act on the agreed flag only: a signal landing after the all-reduce waits for the next step, so
         # that every rank enters the checkpoint collectives at the same step.
         self.stop_agreed = packed[1].item() > 0
-        if t.detect_anomaly_nan and not math.isfinite(loss_value):
+        if trainer.detect_anomaly_nan and not math.isfinite(loss_value):
             raise TrainingDiverged(
                 f"loss is {loss_value} at step {step} (lr {lr:.3g}); stopping without a checkpoint. "
                 f"Lower optim.lr or raise optim.warmup_steps; the last good checkpoint is in "
-                f"{p.checkpointer.root}"
+                f"{parts.checkpointer.root}"
             )
-        max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
-        grad_norm = _full(torch.nn.utils.clip_grad_norm_(p.model.parameters(), max_norm)).item()
-        p.optimizer.step()
-        p.optimizer.zero_grad(set_to_none=True)
-        return loss_value, grad_norm, lr
+        max_norm = trainer.grad_clip if trainer.grad_clip > 0 else math.inf
+        grad_norm = _full(torch.nn.utils.clip_grad_norm_(parts.model.parameters(), max_norm)).item()
+        parts.optimizer.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss_value, grad_norm, lr)
 
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss over trainer.eval_batches micro-batches per rank of the val split, from its start."""
-        p = self.p
-        p.model.eval()
-        p.val_loader.reset()
+        parts = self.parts
+        parts.model.eval()
+        parts.val_loader.reset()
         totals = torch.zeros(2, device=self.device)
-        for i, (inputs, targets) in enumerate(p.val_loader):
+        for i, (inputs, targets) in enumerate(parts.val_loader):
             if i >= self.cfg.trainer.eval_batches:
                 break
             with autocast(self.cfg.parallel, self.info):
-                totals[0] += lm_loss(p.model, inputs.to(self.device), targets.to(self.device))
+                totals[0] += lm_loss(parts.model, inputs.to(self.device), targets.to(self.device))
             totals[1] += 1
         dist.all_reduce(totals)
-        p.model.train()
+        parts.model.train()
         return (totals[0] / totals[1].clamp(min=1)).item()
 
     @torch.no_grad()
     def diagnostics(self) -> dict[str, float]:
         """DIFF diagnostics on the last training micro-batch (rank 0's values are logged)."""
         inputs, _ = self.last_batch
-        with DiagnosticsRecorder(self.p.raw_model) as rec, autocast(self.cfg.parallel, self.info):
-            self.p.model(inputs)
+        with DiagnosticsRecorder(self.parts.raw_model) as rec, autocast(self.cfg.parallel, self.info):
+            self.parts.model(inputs)
         return rec.summary()
 
-    def save(self, step: int, block: bool = False) -> None:
-        self.p.checkpointer.save(self.p.state, step, self.p.config_yaml, block=block)
+    def _train_row(self, step: int, result: StepResult) -> Row:
+        """The metrics row of a logged step; throughput covers the steps since the previous row."""
+        counters = self.parts.counters
+        tokens_per_s = self._window_tokens / self._window_s
+        per_device = tokens_per_s / self.info.world_size
+        self._window_tokens, self._window_s = 0, 0.0
+        return {
+            "step": step,
+            "loss": result.loss,
+            "lr": result.lr,
+            "grad_norm": result.grad_norm,
+            "tokens_per_s": tokens_per_s,
+            "tokens_per_s_per_device": per_device,
+            "mfu": mfu(self.flops_per_token, per_device, self.peak),
+            "peak_mem_gb": peak_memory_gb(self.device),
+            "tokens_seen": counters.tokens_seen,
+            # spikes in the steps since the previous row (train/spikes.py), then the totals
+            "loss_spike": counters.loss_spikes.take_pending(),
+            "grad_spike": counters.grad_spikes.take_pending(),
+            "loss_spikes": counters.loss_spikes.count,
+            "grad_spikes": counters.grad_spikes.count,
+            **self.parts.train_loader.metrics(),  # a mixture's tokens and epochs per source
+        }
 
-    def run(self) -> dict[str, Any]:
-        """Trains to trainer.max_steps (or a stop signal); returns the final metrics."""
-        p, t, c = self.p, self.cfg.trainer, self.p.counters
-        ckpt_interval = self.cfg.checkpoint.interval
-        start_step, started = c.step, time.perf_counter()
-        window_tokens, window_time = 0, 0.0
-        last_row: dict[str, Any] = {}
-        last_saved = c.step
-        val_loss = None
+    def _stop_reason(self, step: int) -> str | None:
+        if self.stop_agreed:
+            return self.stop.signal_name or "a signal to another rank"
+        if step == self.cfg.trainer.stop_at_step:
+            return "trainer.stop_at_step"
+        return None
+
+    def _after_step(self, step: int, result: StepResult, first_step: int) -> Row | None:
+        """Counters, spikes and the step's rows (metrics, diagnostics, validation); returns the metrics row
+        when this step logs one."""
+        parts, trainer, counters = self.parts, self.cfg.trainer, self.parts.counters
+        counters.step, counters.tokens_seen = step, counters.tokens_seen + trainer.global_batch_tokens
+        self._window_tokens += trainer.global_batch_tokens
+        counters.loss_spikes.update(result.loss)
+        counters.grad_spikes.update(result.grad_norm)
+        row = None
+        if step % trainer.log_interval == 0 or step in (first_step, trainer.max_steps):
+            row = self._train_row(step, result)
+            parts.logger.log(row)
+        if trainer.diag_interval and step % trainer.diag_interval == 0:
+            parts.logger.log({"step": step, **self.diagnostics()})
+        if trainer.eval_interval and step % trainer.eval_interval == 0 and step < trainer.max_steps:
+            parts.logger.log({"step": step, "val_loss": self.evaluate()})
+        return row
+
+    def run(self) -> RunResult:
+        """Trains to trainer.max_steps, or until a stop signal or trainer.stop_at_step (checkpointed)."""
+        parts, trainer, counters = self.parts, self.cfg.trainer, self.parts.counters
+        checkpointer, state = parts.checkpointer, parts.state
+        started, first_step = time.perf_counter(), counters.step + 1
+        last_row: Row = {}
         self.stop.install()
-        p.model.train()
+        parts.model.train()
         try:
-            while c.step < t.max_steps:
-                step = c.step + 1
-                self._maybe_fault(step)
+            while counters.step < trainer.max_steps:
+                step = counters.step + 1
+                self.faults.before_step(step)
                 tick = time.perf_counter()
-                loss, grad_norm, lr = self.train_step(step)
-                window_time += time.perf_counter() - tick
-                c.step, c.tokens_seen = step, c.tokens_seen + t.global_batch_tokens
-                window_tokens += t.global_batch_tokens
-                loss_spike = c.loss_spikes.update(loss)
-                grad_spike = c.grad_spikes.update(grad_norm)
-                if step % t.log_interval == 0 or step == start_step + 1 or step == t.max_steps:
-                    tps = window_tokens / window_time
-                    per_device = tps / self.info.world_size
-                    last_row = {
-                        "step": step,
-                        "loss": loss,
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "tokens_per_s": tps,
-                        "tokens_per_s_per_device": per_device,
-                        "mfu": mfu(self.flops_per_token, per_device, self.peak),
-                        "peak_mem_gb": peak_memory_gb(self.device),
-                        "tokens_seen": c.tokens_seen,
-                        "loss_spike": loss_spike,
-                        "grad_spike": grad_spike,
-                        "loss_spikes": c.loss_spikes.count,
-                        "grad_spikes": c.grad_spikes.count,
-                    }
-                    p.logger.log(last_row)
-                    window_tokens, window_time = 0, 0.0
-                if t.diag_interval and step % t.diag_interval == 0:
-                    p.logger.log({"step": step, **self.diagnostics()})
-                if t.eval_interval and step % t.eval_interval == 0 and step < t.max_steps:
-                    val_loss = self.evaluate()
-                    p.logger.log({"step": step, "val_loss": val_loss})
-                stop_reason = None
-                if self.stop_agreed:
-                    stop_reason = self.stop.signal_name or "a signal to another rank"
-                elif step == t.stop_at_step:
-                    stop_reason = "trainer.stop_at_step"
+                result = self.train_step(step)
+                self._window_s += time.perf_counter() - tick
+                last_row = self._after_step(step, result, first_step) or last_row
+                stop_reason = self._stop_reason(step)
                 if stop_reason is not None:
-                    self.save(step, block=True)
+                    checkpointer.save(state, step, parts.config_yaml, block=True)
                     if self.info.is_main:
                         saved = "checkpoint saved" if self.cfg.checkpoint.enabled else "checkpoints off"
                         print(f"stopped by {stop_reason} at step {step}: {saved}", flush=True)
-                    return {"step": step, "stopped_by": stop_reason}
-                if ckpt_interval and step % ckpt_interval == 0 and step < t.max_steps:
-                    self.save(step)
-                    last_saved = step
-                p.checkpointer.poll()
+                    return RunResult(step=step, stopped_by=stop_reason)
+                checkpointer.save_if_due(state, step, parts.config_yaml, trainer.max_steps)
             val_loss = self.evaluate()
-            p.logger.log({"step": c.step, "val_loss": val_loss})
-            if last_saved != c.step:
-                self.save(c.step, block=True)
-            p.checkpointer.wait()
+            parts.logger.log({"step": counters.step, "val_loss": val_loss})
+            checkpointer.save_final(state, counters.step, parts.config_yaml)
         finally:
             self.stop.uninstall()
-        return {
-            "step": c.step,
-            "loss": last_row.get("loss"),
-            "val_loss": val_loss,
-            "tokens_seen": c.tokens_seen,
-            "tokens_per_s": last_row.get("tokens_per_s"),
-            "loss_spikes": c.loss_spikes.count,
-            "grad_spikes": c.grad_spikes.count,
-            "wall_s": time.perf_counter() - started,
-        }
+        return RunResult(
+            step=counters.step,
+            loss=last_row.get("loss"),
+            val_loss=val_loss,
+            tokens_seen=counters.tokens_seen,
+            tokens_per_s=last_row.get("tokens_per_s"),
+            loss_spikes=counters.loss_spikes.count,
+            grad_spikes=counters.grad_spikes.count,
+            wall_s=time.perf_counter() - started,
+        )

@@ -7,11 +7,40 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from train.config import WandbConfig
 
 Row = dict[str, Any]
+METRICS_FILE = "metrics.jsonl"
+"""One JSON object a line, in the run dir: training rows, val_loss, diag/*, an `end` or `diverged` event."""
+
+
+def read_metrics(path: Path) -> list[Row]:
+    """The rows of a metrics.jsonl (none when it is missing); a line cut short by a crash is skipped.
+
+    The one reader of the file: the trainer (truncating on resume), launch's table and report, bench."""
+    rows: list[Row] = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+class Sink(Protocol):
+    def log(self, row: Row) -> None: ...
+
+    def close(self, final: Row) -> None:
+        """The run finished: write the final summary, then release the sink."""
+
+    def abort(self, exit_code: int) -> None:
+        """The run ends without a summary (diverged, failed, or stopped to be resumed): release the sink."""
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -79,6 +108,9 @@ class ConsoleSink:
             flush=True,
         )
 
+    def abort(self, exit_code: int) -> None:
+        sys.stdout.flush()
+
 
 class JsonlSink:
     """`<run.dir>/metrics.jsonl`: one JSON object per logged row, flushed at once (a crash loses nothing)."""
@@ -93,15 +125,9 @@ class JsonlSink:
         so the file reads as one uninterrupted history."""
         if not self.path.exists():
             return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            if row.get("step", 0) <= step and row.get("event") != "end" and step > 0:
-                kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
+        rows = read_metrics(self.path) if step > 0 else []
+        kept = [r for r in rows if r.get("step", 0) <= step and r.get("event") != "end"]
+        self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
 
     def log(self, row: Row) -> None:
         self.file.write(json.dumps(row) + "\n")
@@ -110,6 +136,9 @@ class JsonlSink:
     def close(self, final: Row) -> None:
         self.log({"event": "end", **final})
         self.file.close()
+
+    def abort(self, exit_code: int) -> None:
+        self.file.close()  # no end line: a resumed job continues this history
 
 
 class WandbSink:
@@ -134,10 +163,6 @@ class WandbSink:
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
         )
 
-    @property
-    def files_dir(self) -> str:
-        return str(Path(self.run.dir).parent)
-
     def log(self, row: Row) -> None:
         step = row["step"]
         self.run.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=step)
@@ -146,11 +171,14 @@ class WandbSink:
         self.run.summary.update({k: v for k, v in final.items() if v is not None})
         self.run.finish()
 
+    def abort(self, exit_code: int) -> None:
+        self.run.finish(exit_code=exit_code)  # 0: shown finished; the resumed job continues the same run
+
 
 class MetricsLogger:
     """Fans rows out to the sinks. Ranks other than 0 get a logger with no sinks."""
 
-    def __init__(self, sinks: list[Any]) -> None:
+    def __init__(self, sinks: list[Sink]) -> None:
         self.sinks = sinks
 
     def log(self, row: Row) -> None:
@@ -165,8 +193,4 @@ class MetricsLogger:
         """Flushes and closes without an end line: a diverged or failed run (exit_code 1), or one stopped to
         be resumed later (exit_code 0: wandb shows it finished; the resumed job continues it)."""
         for sink in self.sinks:
-            if isinstance(sink, JsonlSink):
-                sink.file.close()
-            elif isinstance(sink, WandbSink):
-                sink.run.finish(exit_code=exit_code)
-        sys.stdout.flush()
+            sink.abort(exit_code)

@@ -62,7 +62,7 @@ def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
             return peak
         progress = min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
         return peak + (floor - peak) * progress
-    raise ValueError(f"optim.schedule={cfg.schedule!r} is not one of cosine | wsd | constant")
+    raise ValueError(f"optim.schedule={str(cfg.schedule)!r} is not one of cosine | wsd | constant")
 
 
 class LRSchedule:

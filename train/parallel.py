@@ -34,10 +34,8 @@ class DistInfo:
     """Where this process sits in the job and what it computes on."""
 
     rank: int
-    local_rank: int
     world_size: int
     device: torch.device
-    backend: str
     mesh: DeviceMesh | None
     """Data-parallel mesh: 1-D ("dp",) for ddp/fsdp, 2-D (dp_replicate, dp_shard) for hsdp, None: single."""
 
@@ -95,7 +93,7 @@ def init_distributed(pcfg: ParallelConfig, device_pref: str) -> DistInfo:
             (pcfg.replicate, world_size // pcfg.replicate),
             mesh_dim_names=("dp_replicate", "dp_shard"),
         )
-    return DistInfo(rank, local_rank, world_size, device, backend, mesh)
+    return DistInfo(rank, world_size, device, mesh)
 
 
 def _device_id(device: torch.device) -> torch.device | None:

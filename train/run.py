@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from data import TokenLoader, ensure_dataset
+from conf import RunConfig
+from data.loader import StreamLoader
+from data.mixture import build_loader, ensure_data
 from train.checkpoint import Checkpointer, complete_checkpoints
-from train.config import RunConfig
 from train.export import export_model
-from train.loop import LoopParts, Trainer, TrainingDiverged
-from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, WandbSink
+from train.loop import LoopParts, RunResult, Trainer, TrainingDiverged
+from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, Sink, WandbSink
 from train.optim import LRSchedule, build_optimizer
 from train.parallel import DistInfo, build_model, from_rank0, init_distributed, shutdown_distributed
 from train.rundir import choose_resume, hold_run_dir, rank0_decides
-from train.spikes import SpikeCounter
+from train.spikes import spike_counters
 from train.state import Counters, TrainState
 from train.validate import ConfigError, grad_accum_steps
 
@@ -38,33 +38,35 @@ def _agree_run_dir(run_dir: str, info: DistInfo) -> None:
         )
 
 
-def _prepare_data(cfg: RunConfig, info: DistInfo) -> Path:
-    """Rank 0 prepares the tokenizer and shards when missing; the others wait, then share its verdict."""
+def _prepare_data(cfg: RunConfig, info: DistInfo) -> None:
+    """Rank 0 prepares the tokenizer and shards when missing (a mixture's sources: checks them); the others
+    wait, then share its verdict."""
     error = None
     if info.is_main:
         try:
-            ensure_dataset(cfg.data)
+            ensure_data(cfg.data)
         except Exception as err:  # every rank must learn of it, or the others wait forever
             error = f"{type(err).__name__}: {err}"
     error = from_rank0(error, info)
     if error is not None:
-        raise DatasetUnavailable(f"data.dir={cfg.data.dir}: {error}")
-    return Path(cfg.data.dir)
+        where = "data.mixture" if cfg.data.mixture else f"data.dir={cfg.data.dir}"
+        raise DatasetUnavailable(f"{where}: {error}")
 
 
-def _loader(cfg: RunConfig, info: DistInfo, dataset_dir: Path, split: str) -> TokenLoader:
+def _loader(cfg: RunConfig, info: DistInfo, split: str) -> StreamLoader:
     """This rank's slice of the global stream: shuffled for train, in order (reset per eval) for val."""
-    return TokenLoader(
-        dataset_dir,
+    t = cfg.trainer
+    return build_loader(
+        cfg.data,
         split,
-        seq_len=cfg.trainer.seq_len,
-        micro_batch=cfg.trainer.micro_batch,
-        rank=info.rank,
-        world_size=info.world_size,
-        seed=cfg.run.seed,
+        t.seq_len,
+        t.micro_batch,
+        info.rank,
+        info.world_size,
+        cfg.run.seed,
         shuffle=split == "train",
-        prefetch=cfg.data.prefetch,
         pin_memory=info.device.type == "cuda",
+        verify=cfg.data.verify_shards,
     )
 
 
@@ -73,18 +75,18 @@ def _build_logger(
 ) -> MetricsLogger:
     if not info.is_main:
         return MetricsLogger([])
-    sinks: list[Any] = [
+    sinks: list[Sink] = [
         ConsoleSink(cfg.trainer.max_steps, start_step),
         JsonlSink(run_dir / "metrics.jsonl", start_step),
     ]
     if cfg.wandb.mode != "disabled":
-        config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+        config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
         sinks.append(WandbSink(cfg.wandb, cfg.run.name, run_dir, counters.wandb_id, config))
     return MetricsLogger(sinks)
 
 
-def run_training(cfg: RunConfig, config_yaml: str) -> dict[str, Any]:
-    """Runs the whole job on this rank; returns the final metrics (rank 0's view)."""
+def run_training(cfg: RunConfig, config_yaml: str) -> RunResult:
+    """Runs the whole job on this rank; returns how it ended (rank 0's metrics)."""
     info = init_distributed(cfg.parallel, cfg.trainer.device)
     try:
         with hold_run_dir(cfg.run, info):
@@ -93,82 +95,107 @@ def run_training(cfg: RunConfig, config_yaml: str) -> dict[str, Any]:
         shutdown_distributed()
 
 
-def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
+def _build_parts(
+    cfg: RunConfig, config_yaml: str, info: DistInfo, run_dir: Path
+) -> tuple[LoopParts, Path | None]:
+    """Data, model, optimizer and the saved state (resumed when a checkpoint is found); also the checkpoint
+    resumed from."""
     t = cfg.trainer
-    _agree_run_dir(cfg.run.dir, info)
-    run_dir = Path(cfg.run.dir)
-    torch.manual_seed(cfg.run.seed)
-    dataset_dir = _prepare_data(cfg, info)
-    train_loader = _loader(cfg, info, dataset_dir, "train")
-    val_loader = _loader(cfg, info, dataset_dir, "val")
+    _prepare_data(cfg, info)
+    train_loader = _loader(cfg, info, "train")
+    val_loader = _loader(cfg, info, "val")
     if train_loader.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's vocabulary "
             f"({train_loader.vocab_size}, data.tokenizer); raise model.vocab_size"
         )
-
+    if cfg.model.doc_mask:  # documents end at the dataset's end-of-text token
+        if cfg.model.eot_token < 0:
+            cfg.model.eot_token = train_loader.eot_token
+        elif cfg.model.eot_token != train_loader.eot_token:
+            raise ConfigError(
+                f"model.eot_token={cfg.model.eot_token} but the dataset's tokenizer ends documents with "
+                f"{train_loader.eot_token}; leave model.eot_token=-1 to take it from the dataset"
+            )
     model, raw_model = build_model(cfg.model, cfg.parallel, info, cfg.run.seed)
     optimizer = build_optimizer(model, cfg.optim, info.device)
     schedule = LRSchedule(optimizer, cfg.optim, t.max_steps)
-    counters = Counters(
-        config_yaml=config_yaml,
-        loss_spikes=SpikeCounter(t.spike_factor, t.spike_window),
-        grad_spikes=SpikeCounter(t.spike_factor, t.spike_window),
-    )
+    loss_spikes, grad_spikes = spike_counters(t)
+    counters = Counters(config_yaml=config_yaml, loss_spikes=loss_spikes, grad_spikes=grad_spikes)
     state = TrainState(
         model, optimizer, schedule, train_loader, counters, cfg.data.allow_fingerprint_mismatch
     )
     checkpointer = Checkpointer(cfg.checkpoint, run_dir / "checkpoints", info)
-
     resume = rank0_decides(lambda: choose_resume(cfg), info)
     if resume is not None:
         checkpointer.load(state, resume)
         counters.config_yaml = config_yaml  # later checkpoints carry the config they were written under
     if not counters.wandb_id:
         counters.wandb_id = from_rank0(secrets.token_hex(4), info)
+    parts = LoopParts(
+        cfg=cfg,
+        info=info,
+        model=model,
+        raw_model=raw_model,
+        optimizer=optimizer,
+        schedule=schedule,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        counters=counters,
+        state=state,
+        checkpointer=checkpointer,
+        logger=_build_logger(cfg, info, run_dir, counters, counters.step),
+        grad_accum=grad_accum_steps(cfg, info.world_size),
+        config_yaml=config_yaml,
+    )
+    return parts, resume
 
-    grad_accum = grad_accum_steps(cfg, info.world_size)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_yaml)
-        n_params = raw_model.num_params()
-        print(
-            f"run {cfg.run.name}: {n_params / 1e6:.2f}M params ({cfg.model.attention}), {info.world_size} x "
-            f"{info.device.type} [{cfg.parallel.mode}], {t.global_batch_tokens} tokens/step = {grad_accum} "
-            f"micro-steps x {t.micro_batch} x {t.seq_len} x {info.world_size} ranks; run dir {run_dir}"
-            + (f"; resumed from {resume} at step {counters.step}" if resume else ""),
-            flush=True,
-        )
-    if info.is_main and counters.step >= t.max_steps:
+
+def _announce(parts: LoopParts, run_dir: Path, resume: Path | None) -> None:
+    """Rank 0: the run's config next to its checkpoints, and one line saying what is about to run."""
+    cfg, info, t, step = parts.cfg, parts.info, parts.cfg.trainer, parts.counters.step
+    (run_dir / "config.yaml").write_text(parts.config_yaml)
+    print(
+        f"run {cfg.run.name}: {parts.raw_model.num_params() / 1e6:.2f}M params ({cfg.model.attention}), "
+        f"{info.world_size} x {info.device.type} [{cfg.parallel.mode}], "
+        f"{t.global_batch_tokens} tokens/step = {parts.grad_accum} micro-steps x {t.micro_batch} x "
+        f"{t.seq_len} x {info.world_size} ranks; "
+        f"run dir {run_dir}" + (f"; resumed from {resume} at step {step}" if resume else ""),
+        flush=True,
+    )
+    if step >= t.max_steps:
         print(
             f"already at trainer.max_steps={t.max_steps}: nothing to train (raise trainer.max_steps, or "
             "start over with checkpoint.resume=none or another run.name); evaluating and exporting only",
             flush=True,
         )
-    logger = _build_logger(cfg, info, run_dir, counters, counters.step)
-    trainer = Trainer(
-        LoopParts(
-            cfg,
-            info,
-            model,
-            raw_model,
-            optimizer,
-            schedule,
-            train_loader,
-            val_loader,
-            counters,
-            state,
-            checkpointer,
-            logger,
-            grad_accum,
-            config_yaml,
-        )
-    )
+
+
+def _print_outputs(cfg: RunConfig, run_dir: Path, checkpoints: Path, export_path: Path | None) -> None:
+    latest = complete_checkpoints(checkpoints)
+    wandb_dirs = sorted((run_dir / "wandb").glob("*run-*")) if cfg.wandb.mode != "disabled" else []
+    print(f"run dir:    {run_dir.resolve()}")
+    print(f"checkpoint: {latest[-1].resolve() if latest else '-'}")
+    print(f"metrics:    {(run_dir / 'metrics.jsonl').resolve()}")
+    print(f"wandb:      {wandb_dirs[-1].resolve() if wandb_dirs else '-'} (mode {cfg.wandb.mode})")
+    if export_path is not None:
+        print(f"weights:    {export_path.resolve()} + model_config.json + tokenizer.tiktoken")
+
+
+def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> RunResult:
+    _agree_run_dir(cfg.run.dir, info)
+    run_dir = Path(cfg.run.dir)
+    torch.manual_seed(cfg.run.seed)
+    if info.is_main:  # Hydra makes it for `python -m train`; a caller in Python may not have
+        run_dir.mkdir(parents=True, exist_ok=True)
+    parts, resume = _build_parts(cfg, config_yaml, info, run_dir)
+    if info.is_main:
+        _announce(parts, run_dir, resume)
+    logger = parts.logger
     try:
-        final = trainer.run()
+        result = Trainer(parts).run()
     except TrainingDiverged as err:
-        if info.is_main:
-            logger.log({"step": counters.step + 1, "event": "diverged", "message": str(err)})
+        logger.log({"step": parts.counters.step + 1, "event": "diverged", "message": str(err)})
         logger.abort()
         raise
     except BaseException:
@@ -176,22 +203,17 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> dict[str, Any]:
         raise
     finally:
         # Stop the loaders' prefetch threads before the process group and interpreter go away.
-        train_loader.close()
-        val_loader.close()
-    if "stopped_by" in final:
+        parts.train_loader.close()
+        parts.val_loader.close()
+    if result.stopped:
         logger.abort(exit_code=0)
-        return final
-    export_path = (
-        export_model(model, cfg.model, run_dir, info.is_main) if cfg.checkpoint.export_safetensors else None
-    )
-    logger.close(final)
+        return result
+    export_path = None
+    if cfg.checkpoint.export_safetensors:
+        export_path = export_model(
+            parts.model, cfg.model, run_dir, info.is_main, tokenizer=cfg.data.tokenizer
+        )
+    logger.close(result.summary())
     if info.is_main:
-        latest = complete_checkpoints(checkpointer.root)
-        wandb_dirs = sorted((run_dir / "wandb").glob("*run-*")) if cfg.wandb.mode != "disabled" else []
-        print(f"run dir:    {run_dir.resolve()}")
-        print(f"checkpoint: {latest[-1].resolve() if latest else '-'}")
-        print(f"metrics:    {(run_dir / 'metrics.jsonl').resolve()}")
-        print(f"wandb:      {wandb_dirs[-1].resolve() if wandb_dirs else '-'} (mode {cfg.wandb.mode})")
-        if export_path is not None:
-            print(f"weights:    {export_path.resolve()} + model_config.json")
-    return final
+        _print_outputs(cfg, run_dir, parts.checkpointer.root, export_path)
+    return result

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TypeVar
 
+from conf import ConfigError, RunConfig
 from train.checkpoint import (
     STEP_DIR,
     check_same_model,
@@ -31,9 +32,8 @@ from train.checkpoint import (
     resolve_resume,
     step_dirs,
 )
-from train.config import RunConfig, RunInfo
+from train.config import RunInfo
 from train.parallel import DistInfo, from_rank0
-from train.validate import ConfigError
 
 LOCK_FILE = ".lock"
 REPLACED_DIR = "replaced"

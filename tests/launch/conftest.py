@@ -12,7 +12,7 @@ import pytest
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from train.config import register_configs
+from conf import register_configs
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose
+from hydra.errors import ConfigCompositionException
 
 from launch.nodes import LaunchError
 from launch.validate import validate_config
@@ -30,7 +31,6 @@ def assert_refused(proc, *needles: str) -> None:
             0,
             "launch.nproc_per_node='many': expected a positive integer or 'auto'",
         ),
-        (["launch.kind=k8s"], 0, "launch.kind='k8s'"),
         (["launch.nnodes=2"], 0, "launch.nnodes=2 with launch=local: use launch=multinode"),
         (["launch.preempt_signal=NOPE"], 0, "launch.preempt_signal='NOPE'"),
         (
@@ -58,7 +58,6 @@ def assert_refused(proc, *needles: str) -> None:
     ],
     ids=[
         "nproc-not-a-number",
-        "unknown-kind",
         "local-with-two-nodes",
         "unknown-signal",
         "nproc-above-gpus-present",
@@ -80,6 +79,21 @@ def test_bad_value_is_refused_naming_the_field(
     assert message in str(err.value)
     if any(o.startswith("launch") for o in overrides) and "model" not in message:
         assert isinstance(err.value, LaunchError) or "world_size" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "allowed"),
+    [
+        ("launch.kind=k8s", "expected one of [local, multinode, slurm]"),
+        ("launch.rdzv_backend=zmq", "expected one of [c10d, static, etcd, etcd-v2]"),
+        ("launch.slurm.executor=k8s", "expected one of [slurm, local]"),
+    ],
+)
+def test_choice_outside_its_enum_is_refused_at_composition(hydra_conf, override: str, allowed: str) -> None:
+    # The allowed values sit beside the field (a StrEnum in launch/config.py); OmegaConf names them.
+    with pytest.raises(ConfigCompositionException) as err:
+        compose("config", overrides=[override])
+    assert override in str(err.value) and allowed in str(err.value.__cause__)
 
 
 @pytest.mark.parametrize(

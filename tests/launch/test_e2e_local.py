@@ -46,8 +46,8 @@ def test_failing_trials_exit_codes_come_back(data_env, tmp_path: Path, tiny, run
     args = [
         "--multirun",
         *tiny,
-        "trainer.fault=crash",
-        "trainer.fault_step=1,2",
+        "debug.fault=crash",
+        "debug.fault_step=1,2",
         f"hydra.sweep.dir={sweep_dir}",
     ]
     proc = run_launch(args, data_env, tmp_path)

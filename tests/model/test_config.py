@@ -60,7 +60,7 @@ def test_every_size_composes_with_every_attention_preset():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from train.config import register_configs
+    from conf import register_configs
 
     register_configs()
     seen = {}

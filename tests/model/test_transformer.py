@@ -185,3 +185,8 @@ def test_tiny_model_overfits_one_fixed_batch(variant):
         loss.backward()
         opt.step()
     assert loss.item() < 0.2, f"{variant}: loss {loss.item():.3f} after 60 steps (starts near ln 64 = 4.16)"
+
+
+def test_diff_v1_sub_norm_takes_the_models_norm_eps():
+    model = Transformer(ModelConfig(attention="diff_v1", norm_eps=1e-3))
+    assert {layer.attention.subln.eps for layer in model.layers} == {1e-3}

@@ -44,15 +44,15 @@ def test_killed_rank_restarts_from_last_checkpoint_and_ends_with_same_loss(tmp_p
     proc = jobs.train(
         run_dir,
         "parallel=fsdp",
-        "trainer.fault=crash",
-        "trainer.fault_step=8",
-        "trainer.fault_rank=1",
+        "debug.fault=crash",
+        "debug.fault_step=8",
+        "debug.fault_rank=1",
         "wandb.mode=offline",
         nproc=2,
         torchrun_args=("--max-restarts=1",),
     )
     out = proc.stdout + proc.stderr
-    assert "trainer.fault=crash at step 8" in out
+    assert "debug.fault=crash at step 8" in out
     assert "resumed from" in out and "step_00000006" in out
     final, reference = jobs.metrics(run_dir)[-1], jobs.metrics(fsdp_straight)[-1]
     assert final["event"] == "end" and final["step"] == 12

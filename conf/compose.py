@@ -1,0 +1,57 @@
+"""Hydra composition and validation, written once for every entry point.
+
+`python -m train` and `python -m launch` are Hydra apps (Hydra composes their command line); they hand the
+result to `validated`. `data.prepare`, the benchmarks and the tests compose with `compose`. Either way the
+same checks run: unknown keys, types (OmegaConf), then each package's value checks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from conf.schema import ConfigError, RunConfig, check_known_keys, register_configs
+
+CONF_DIR = Path(__file__).resolve().parent
+"""conf/: config.yaml and the preset groups."""
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), return_hydra_config: bool = False) -> DictConfig:
+    """conf/config.yaml with `overrides` applied, as a Hydra app would compose its command line.
+
+    Hydra's own errors (an unknown group option, a wrong type) propagate as Hydra raises them."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return hydra_compose(
+            config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config
+        )
+
+
+def validated(cfg: DictConfig, world_size: int) -> RunConfig:
+    """The typed, checked RunConfig of a composed config at this world size; raises ConfigError (or the
+    model's ValueError) naming the first key or value that cannot run."""
+    from model.config import validate_model_config
+    from train.validate import validate_run_config
+
+    if "hydra" in cfg:  # composed with return_hydra_config: Hydra's own node is not part of the run
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+    check_known_keys(cfg)
+    try:
+        run_cfg: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # resolves, type-checks
+    except OmegaConfBaseException as err:
+        raise ConfigError(str(err)) from err
+    validate_model_config(run_cfg.model)
+    validate_run_config(run_cfg, world_size)
+    return run_cfg
+
+
+def compose_run_config(overrides: list[str] | tuple[str, ...] = (), world_size: int = 1) -> RunConfig:
+    """compose + validated: the RunConfig `python -m train <overrides>` would run at this world size."""
+    return validated(compose(overrides), world_size)
