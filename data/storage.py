@@ -77,8 +77,24 @@ def _retrying(what: str, attempts: int, backoff_s: float, fn: object) -> object:
     ) from last
 
 
+def _alive(temporary: str) -> bool:
+    """Whether the process that names a download temporary (.<sha>.tmp<pid>.<thread>) still runs."""
+    try:
+        os.kill(int(temporary.split(".tmp")[1].split(".")[0]), 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
+
+
 class ShardCache:
-    """Verified shards on local disk, named by sha256, bounded in bytes (least recently used evicted)."""
+    """Verified shards on local disk, named by sha256, bounded in bytes (least recently used evicted).
+
+    Ranks of one node may share the directory: downloads are atomic renames and a reader whose file another
+    process evicted fetches it again. Each process enforces max_bytes over the files it knows of (those
+    present when it started and those it downloaded), so N processes on one directory may use up to N times
+    the bound in the worst case."""
 
     def __init__(self, root: str | Path, max_bytes: int, retries: int = 3, backoff_s: float = 0.5) -> None:
         if max_bytes <= 0:
@@ -100,7 +116,8 @@ class ShardCache:
         for path in sorted(self.root.glob("*.bin"), key=lambda p: p.stat().st_mtime):
             self._lru[path.stem] = path.stat().st_size
         for stale in self.root.glob(".*.tmp*"):  # a download killed half way: never visible, never complete
-            stale.unlink(missing_ok=True)
+            if not _alive(stale.name):  # another rank's download in progress is left alone
+                stale.unlink(missing_ok=True)
 
     def path(self, sha256: str) -> Path:
         return self.root / f"{sha256}.bin"
@@ -249,9 +266,12 @@ class RemoteDataset:
         while True:  # a background download may evict the file between fetch and open: fetch it again
             path = self._fetch(shard)
             with self.cache.lock:  # eviction takes this lock, so the file exists while it is mapped
-                if path.is_file():
+                try:
                     header, tokens = open_shard(path)
                     break
+                except (DatasetError, FileNotFoundError):
+                    if path.is_file():  # a real fault of the file, not another process evicting it
+                        raise
         if header.num_tokens != self.entries[shard]["tokens"]:
             raise DatasetError(
                 f"{self.dir}/{self.entries[shard]['file']}: header announces {header.num_tokens} tokens, the "
