@@ -81,6 +81,10 @@ class RunInfo:
     """Run directory, shared by all ranks: config, metrics.jsonl, checkpoints, wandb files."""
     seed: int = 0
     """Seed of the model init, data order and dropout-free RNG streams."""
+    overwrite: bool = False
+    """A fresh start into a run dir that holds another run's checkpoints or metrics (or a resume from an
+    older step than its newest checkpoint) is refused; true moves that output aside to
+    <run.dir>/replaced/<UTC time>/ first (nothing is deleted)."""
 
 
 @dataclass
@@ -182,6 +186,12 @@ class CheckpointConfig:
     """Complete checkpoints kept; older ones are deleted."""
     resume: str = "auto"
     """auto (latest complete checkpoint in run.dir) | none | a checkpoint path."""
+    verify: bool = True
+    """Check the sha256 of every checkpoint file (written at save) before loading it; false loads a
+    checkpoint without checksums.json (older ones) unverified."""
+    fallback: bool = False
+    """resume=auto: when the latest checkpoint fails verification, rename it step_X.corrupt and resume from
+    the previous complete one (false: stop, naming the corrupt file)."""
     async_save: bool = False
     """Save in the background on its own gloo process group."""
     export_safetensors: bool = True

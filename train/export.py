@@ -1,27 +1,47 @@
-"""Export weights to one safetensors file plus model_config.json, loadable by `Transformer` on one CPU.
+"""Export weights to one safetensors file plus model_config.json, loadable by `Transformer` on one CPU, and
+the tokenizer the run trained with (`tokenizer.tiktoken` + `tokenizer.json`, data/tokenizer.py's format, also
+for a named encoding), so the directory alone turns text into tokens and back (`python -m infer.sample`).
 
 `python -m train.export <checkpoint dir> [<out dir>]` exports a DCP checkpoint (default out dir: the run dir
-above `checkpoints/`). Training calls `export_model` at the end with the live (possibly sharded) model.
+above `checkpoints/`) after checking its checksums (--no-verify skips that, e.g. for a checkpoint saved
+before checksums existed); nothing in the checkpoint is unpickled but DCP metadata and plain data. Exit codes:
+0 exported, 4 the checkpoint is refused (the message names the file). Training calls `export_model` at the
+end with the live (possibly sharded) model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from data.config import TokenizerConfig
+from data.shards import DatasetError
 from model import ModelConfig, Transformer
+from train.checkpoint import CheckpointError, load_safely, resolve_resume
+
+EXIT_CHECKPOINT = 4
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model_config.json"
+TOKENIZER = "tokenizer"
+"""Stem of the exported tokenizer: tokenizer.tiktoken + tokenizer.json (read by data.tokenizer.load_bpe)."""
+
+
+def save_tokenizer(cfg: TokenizerConfig, out_dir: Path) -> Path:
+    """Writes the run's tokenizer (a trained BPE or a named encoding) into out_dir as a .tiktoken file."""
+    from data.tokenizer import load_tokenizer, save_bpe, tokenizer_files
+
+    save_bpe(load_tokenizer(cfg), out_dir / TOKENIZER, {"trained_as": cfg.name})
+    return tokenizer_files(out_dir / TOKENIZER)[0]
 
 
 def save_weights(state: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: Path) -> Path:
@@ -39,13 +59,25 @@ def save_weights(state: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: Path
     return path
 
 
-def export_model(model: nn.Module, cfg: ModelConfig, out_dir: Path, is_main: bool) -> Path:
-    """Gathers full weights onto rank 0's CPU (a collective: every rank calls it) and writes them there."""
+def export_model(
+    model: nn.Module,
+    cfg: ModelConfig,
+    out_dir: Path,
+    is_main: bool,
+    tokenizer: TokenizerConfig | None = None,
+) -> Path:
+    """Gathers full weights onto rank 0's CPU (a collective: every rank calls it) and writes them there,
+    with the tokenizer when given."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=options)
     path = out_dir / WEIGHTS
     if is_main:
         save_weights(state, cfg, out_dir)
+        if tokenizer is not None:
+            try:
+                save_tokenizer(tokenizer, out_dir)
+            except DatasetError as err:  # the weights are written; a missing tokenizer must not fail the run
+                print(f"warning: the export has no tokenizer: {err}", file=sys.stderr, flush=True)
     return path
 
 
@@ -60,18 +92,23 @@ def load_exported(out_dir: str | Path) -> Transformer:
     return model
 
 
-def export_checkpoint(checkpoint: Path, out_dir: Path) -> Path:
+def export_checkpoint(checkpoint: Path, out_dir: Path, verify: bool = True) -> Path:
     """Reads the model part of a DCP checkpoint (any world size wrote it) into one CPU process."""
     import torch.distributed as dist
 
+    resolve_resume(str(checkpoint), checkpoint.parent, verify=verify)  # complete, and checksums match
     resolved = OmegaConf.load(checkpoint / "config.yaml")
     cfg = ModelConfig(**OmegaConf.to_container(resolved.model, resolve=True))
     model = Transformer(cfg)
     if not dist.is_initialized():
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     state = model.state_dict()
-    dcp.load({"app": {"model": state}}, checkpoint_id=str(checkpoint))
-    return save_weights(state, cfg, out_dir)
+    load_safely({"app": {"model": state}}, checkpoint)
+    path = save_weights(state, cfg, out_dir)
+    # The resolved config names the tokenizer files (a relative data dir resolves against the cwd).
+    tokenizer = OmegaConf.to_container(resolved.data.tokenizer, resolve=True)
+    save_tokenizer(TokenizerConfig(**tokenizer), out_dir)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,12 +117,19 @@ def main(argv: list[str] | None = None) -> None:
         "checkpoint", type=Path, help="a checkpoint dir, e.g. runs/x/checkpoints/step_00000300"
     )
     parser.add_argument("out_dir", type=Path, nargs="?", help="default: the run dir of the checkpoint")
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the checksum check (checkpoints without checksums.json)",
+    )
     args = parser.parse_args(argv)
-    if not (args.checkpoint / ".metadata").is_file():
-        raise SystemExit(f"{args.checkpoint} is not a complete DCP checkpoint (no .metadata)")
     out_dir = args.out_dir or args.checkpoint.resolve().parent.parent
-    path = export_checkpoint(args.checkpoint, out_dir)
-    print(f"exported {path} and {out_dir / CONFIG}")
+    try:
+        path = export_checkpoint(args.checkpoint, out_dir, verify=not args.no_verify)
+    except CheckpointError as err:
+        print(f"checkpoint refused: {err}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_CHECKPOINT)
+    print(f"exported {path}, {out_dir / CONFIG} and the tokenizer ({out_dir / TOKENIZER}.tiktoken)")
 
 
 if __name__ == "__main__":

@@ -215,6 +215,7 @@ class Trainer:
             "grad_spike": counters.grad_spikes.take_pending(),
             "loss_spikes": counters.loss_spikes.count,
             "grad_spikes": counters.grad_spikes.count,
+            **self.parts.train_loader.metrics(),  # a mixture's tokens and epochs per source
         }
 
     def _stop_reason(self, step: int) -> str | None:
