@@ -3,6 +3,8 @@ differs from them, so a default changed in the dataclass cannot be silently over
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,10 @@ def test_a_preset_states_only_what_differs_from_the_schema(preset: str):
     assert not unknown, f"{preset}: keys the schema does not have: {unknown}"
     repeated = {k: v for k, v in values.items() if defaults[k] == v and k not in SHAPE_KEYS}
     assert not repeated, f"{preset} repeats the schema's defaults (drop them): {repeated}"
+
+
+def test_the_config_layer_and_the_launcher_load_without_torch():
+    # The launcher and data.prepare compose the whole config; importing torch there costs seconds for nothing.
+    code = "import sys, conf, launch.app, train.validate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
