@@ -2,7 +2,11 @@
 
 HF's BPE trainer assigns ids in merge order (256 byte tokens first, then each merge's result), so its ids
 are valid tiktoken ranks: tiktoken merges the adjacent pair whose result has the lowest rank, which replays
-HF's merges in the same order. Both split text with the same regex first (tokenizer.SPLIT_PATTERN).
+HF's merges in the same order. Both split text with the same regex first (tokenizer.SPLIT_PATTERN), except
+that for training every run of letters, punctuation or whitespace is cut after 256 characters: HF's trainer
+spends time proportional to a word's length for every merge it applies inside it, so one long run without
+whitespace (1 MB of "a") made training quadratic. Text without such runs splits identically; encoding keeps
+the unbounded pattern and simply applies the learned merges to longer runs.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 from data.tokenizer import EOT, SPLIT_PATTERN
 
 SPECIAL_TOKENS = (EOT,)
+TRAIN_SPLIT_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}{1,256}|\p{N}{1,3}"""
+    r"""| ?[^\s\p{L}\p{N}]{1,256}[\r\n]{0,256}|\s{0,256}[\r\n]{1,256}|\s{1,256}(?!\S)|\s{1,256}"""
+)
+"""SPLIT_PATTERN with each unbounded run (`+`, `*`) bounded by 256 characters; no run in the stdlib corpus
+is longer, so the default tokenizer is the one the unbounded pattern trains."""
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS) + 1
 
 
@@ -32,12 +42,13 @@ def byte_level_alphabet() -> dict[str, int]:
     return {chr(char): byte for byte, char in zip(printable, chars, strict=True)}
 
 
-def hf_bpe_tokenizer() -> Tokenizer:
-    """An untrained HF byte-level BPE that splits text exactly like the tiktoken encoding it will become."""
+def hf_bpe_tokenizer(split_pattern: str = TRAIN_SPLIT_PATTERN) -> Tokenizer:
+    """An untrained HF byte-level BPE that splits text like the tiktoken encoding it will become (runs longer
+    than 256 characters aside, with the default training pattern)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(split_pattern), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )

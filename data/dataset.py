@@ -11,13 +11,21 @@ from pathlib import Path
 
 import numpy as np
 
-from data.prepare import MANIFEST
-from data.shards import VERSION, DatasetError, dtype_for_vocab, open_shard
-from data.writer import SPLITS
+from data.shards import (
+    MANIFEST,
+    SPLITS,
+    VERSION,
+    DatasetError,
+    dtype_for_vocab,
+    manifest_fingerprint,
+    open_shard,
+)
+from data.verify import ShardCheck, verify_shards
 
 
 def read_manifest(dataset_dir: Path) -> dict:
-    """The manifest of a prepared dataset directory, checked for presence and format version."""
+    """The manifest of a prepared dataset directory, checked for presence, format version, its own
+    fingerprint and agreement with the shard files in the directory."""
     if not dataset_dir.is_dir():
         raise DatasetError(
             f"{dataset_dir}: dataset directory does not exist; run `python -m data.prepare` "
@@ -34,11 +42,42 @@ def read_manifest(dataset_dir: Path) -> dict:
         raise DatasetError(
             f"{path}: format_version {manifest.get('format_version')!r}, this code reads version {VERSION}"
         )
+    if manifest.get("fingerprint") != manifest_fingerprint(manifest):
+        raise DatasetError(
+            f"{path}: its content does not match its fingerprint {str(manifest.get('fingerprint'))[:16]}...: "
+            "the manifest was edited or damaged after prepare (e.g. shards dropped from a split). "
+            "Restore it, or delete the dataset directory and run `python -m data.prepare` again"
+        )
+    for split, entry in manifest["splits"].items():
+        _check_split_listing(dataset_dir, split, entry)
     return manifest
 
 
+def _check_split_listing(dataset_dir: Path, split: str, entry: dict) -> None:
+    """The split's token total is the sum of its shards, and every shard file of the split is listed: a
+    manifest that lists fewer shards than prepare wrote would silently train on part of the data."""
+    path = dataset_dir / MANIFEST
+    listed = {shard["file"] for shard in entry["shards"]}
+    total = sum(shard["tokens"] for shard in entry["shards"])
+    if total != entry["tokens"]:
+        raise DatasetError(
+            f"{path}: the {split} split records {entry['tokens']} tokens but its {len(listed)} shards hold "
+            f"{total}; the manifest disagrees with itself. Prepare the dataset again"
+        )
+    unlisted = sorted(p.name for p in dataset_dir.glob(f"{split}_*.bin") if p.name not in listed)
+    if unlisted:
+        raise DatasetError(
+            f"{path}: lists {len(listed)} {split} shards but the directory also holds {len(unlisted)} "
+            f"it does not list ({', '.join(unlisted[:3])}{', ...' if len(unlisted) > 3 else ''}); the "
+            "manifest or the directory was changed after prepare. Restore it, or prepare the dataset again "
+            "into an empty data.dir"
+        )
+
+
 class TokenDataset:
-    def __init__(self, dataset_dir: str | Path, split: str, seq_len: int) -> None:
+    def __init__(self, dataset_dir: str | Path, split: str, seq_len: int, verify: bool = True) -> None:
+        """verify: check each shard's payload (sha256, token ids) against the manifest before first use; a
+        pass is remembered per machine (data/verify.py), so only the first open of a shard pays for it."""
         if split not in SPLITS:
             raise ValueError(f"split={split!r}; expected one of {list(SPLITS)}")
         if seq_len <= 0:
@@ -52,6 +91,8 @@ class TokenDataset:
         self.seq_len = seq_len
         dtype = dtype_for_vocab(self.vocab_size)
         self.shards: list[np.ndarray] = []
+        self.paths: list[Path] = []
+        checks: list[ShardCheck] = []
         for entry in manifest["splits"][split]["shards"]:
             path = self.dir / entry["file"]
             header, tokens = open_shard(path)
@@ -72,6 +113,10 @@ class TokenDataset:
                         f"{path}: shard header {what} is {found} but {self.dir / MANIFEST} expects {wanted}"
                     )
             self.shards.append(tokens)
+            self.paths.append(path)
+            checks.append(ShardCheck(path, entry["sha256"], self.vocab_size, header.itemsize))
+        if verify:
+            verify_shards(checks)
         sizes = np.array([len(s) for s in self.shards], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(sizes)])
         self.num_tokens = int(self.starts[-1])
@@ -101,4 +146,18 @@ class TokenDataset:
         out = np.empty((len(ids), span), dtype=np.int64)
         for row, i in enumerate(ids.tolist()):
             out[row] = self.tokens(i * self.seq_len, i * self.seq_len + span)
+        # Microseconds per batch; an id outside the vocabulary would fail in the embedding naming no file.
+        if out.size and int(out.max()) >= self.vocab_size:
+            self._raise_out_of_vocab(ids, out)
         return out
+
+    def _raise_out_of_vocab(self, ids: np.ndarray, out: np.ndarray) -> None:
+        row, col = (int(x) for x in np.argwhere(out >= self.vocab_size)[0])
+        position = int(ids[row]) * self.seq_len + col
+        shard = int(np.searchsorted(self.starts, position, side="right")) - 1
+        at = position - int(self.starts[shard])
+        raise DatasetError(
+            f"{self.paths[shard]}: token id {int(out[row, col])} at token {at} is outside the vocabulary of "
+            f"{self.vocab_size} tokens recorded in {self.dir / MANIFEST}; the shard was altered after "
+            "prepare (verification at start-up would have caught it). Prepare the dataset again"
+        )

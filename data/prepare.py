@@ -23,12 +23,20 @@ import tiktoken
 
 from data.config import DataConfig
 from data.encode import encode_batch, init_worker
-from data.shards import VERSION, DatasetError, atomic_write_json, dtype_for_vocab
+from data.lock import dataset_write_lock
+from data.shards import (
+    MANIFEST,
+    SPLITS,
+    VERSION,
+    DatasetError,
+    atomic_write_json,
+    dtype_for_vocab,
+    manifest_fingerprint,
+)
 from data.sources import count_documents, describe_source, iter_documents
 from data.tokenizer import encoding_fingerprint, load_tokenizer, save_bpe, tokenizer_files
-from data.writer import SPLITS, SplitWriter, empty_split_state
+from data.writer import SplitWriter, empty_split_state
 
-MANIFEST = "manifest.json"
 PROGRESS = ".prepare_progress.json"
 BATCH_CHARS = 1 << 18
 """Characters of text per worker task: big enough to amortise pickling, small enough to keep workers busy."""
@@ -152,22 +160,36 @@ def _num_workers(cfg: DataConfig) -> int:
     return cfg.num_workers or len(os.sched_getaffinity(0))
 
 
-def prepare_dataset(cfg: DataConfig) -> Path:
+def prepare_dataset(cfg: DataConfig, wait: bool = False) -> Path:
     """Tokenizes `cfg.source` into `cfg.dir` (shards + manifest) and returns the manifest path.
 
     Restartable: a rerun after a crash continues where the last finished shard ended; a rerun after success
     returns at once. A directory holding a dataset made with other settings is an error and is left as is.
+    One prepare writes a directory at a time (data/lock.py): another one fails at once naming it, or with
+    `wait` waits for it and then uses (or refuses) what it made.
     """
     out = Path(cfg.dir)
+    if (out / MANIFEST).exists():
+        return _finished(cfg, out)
+    with dataset_write_lock(out, wait):
+        if (out / MANIFEST).exists():  # finished by the prepare this one waited for
+            return _finished(cfg, out)
+        return _prepare_locked(cfg, out)
+
+
+def _finished(cfg: DataConfig, out: Path) -> Path:
+    """The manifest of a complete dataset, after checking it was made with `cfg`'s settings."""
     manifest_path = out / MANIFEST
+    settings = _settings(cfg, tokenizer_for(cfg))
+    _check_settings(manifest_path, json.loads(manifest_path.read_text()).get("settings", {}), settings)
+    return manifest_path
+
+
+def _prepare_locked(cfg: DataConfig, out: Path) -> Path:
     enc = tokenizer_for(cfg)
     dtype_for_vocab(enc.n_vocab)  # a vocabulary no shard dtype holds fails here, before anything is written
     fingerprint = encoding_fingerprint(enc)
     settings = _settings(cfg, enc)
-    if manifest_path.exists():
-        _check_settings(manifest_path, json.loads(manifest_path.read_text()).get("settings", {}), settings)
-        return manifest_path
-
     progress_path = out / PROGRESS
     if progress_path.exists():
         progress = json.loads(progress_path.read_text())
@@ -175,8 +197,6 @@ def prepare_dataset(cfg: DataConfig) -> Path:
     else:
         progress = {"settings": settings, "splits": {split: empty_split_state() for split in SPLITS}}
     workers = _num_workers(cfg)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp*"):  # temporaries of a crashed run: never visible, never complete
         stale.unlink()
 
@@ -220,8 +240,6 @@ def prepare_dataset(cfg: DataConfig) -> Path:
     bar.update(docs_read - bar.n)
     bar.close()
     if docs_read == 0 and not progress["splits"]["train"]["shards"]:
-        if created:
-            out.rmdir()
         raise DatasetError(
             f"the source {describe_source(cfg.source)} yielded no documents; nothing to prepare"
         )
@@ -245,10 +263,7 @@ def _publish_manifest(
         }
         for split, state in split_states.items()
     }
-    if splits["train"]["tokens"] == 0:
-        raise DatasetError(
-            f"the source {describe_source(cfg.source)} yielded no training documents; nothing to prepare"
-        )
+    _check_no_empty_split(cfg, out, splits)
     manifest = {
         "format_version": VERSION,
         "settings": settings,
@@ -263,7 +278,7 @@ def _publish_manifest(
         "dtype": dtype_for_vocab(enc.n_vocab).name,
         "splits": splits,
     }
-    manifest["fingerprint"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    manifest["fingerprint"] = manifest_fingerprint(manifest)
     manifest_path = out / MANIFEST
     atomic_write_json(manifest_path, manifest)
     (out / PROGRESS).unlink()
@@ -273,6 +288,21 @@ def _publish_manifest(
         f"val {val['tokens']:,} tokens"
     )
     return manifest_path
+
+
+def _check_no_empty_split(cfg: DataConfig, out: Path, splits: dict) -> None:
+    """Training reads both splits, so a split without tokens is a failed prepare, not a dataset."""
+    documents = sum(split["documents"] for split in splits.values())
+    for name, split in splits.items():
+        if split["tokens"]:
+            continue
+        change = "raise" if name == "val" else "lower"
+        raise DatasetError(
+            f"{out}: the {name} split got 0 tokens ({split['documents']} of {documents} documents with "
+            f"data.val_fraction={cfg.val_fraction}), and training needs both splits; {change} "
+            "data.val_fraction or add documents to the source. No manifest was written: delete "
+            f"{out} and prepare again with the new settings"
+        )
 
 
 def _cheap_settings(cfg: DataConfig, manifest: dict) -> tuple[dict, dict]:
@@ -301,7 +331,7 @@ def ensure_dataset(cfg: DataConfig) -> Path:
             f"{manifest_path} is missing and data.prepare_if_missing=false; "
             "run `python -m data.prepare` with the same data settings first"
         )
-    return prepare_dataset(cfg)
+    return prepare_dataset(cfg, wait=True)
 
 
 def _compose(overrides: list[str]) -> DataConfig:
@@ -324,7 +354,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     cfg = _compose(args)
     try:
-        prepare_dataset(cfg)
+        if "://" in cfg.dir:  # object storage: prepare locally, then upload (data/storage.py)
+            from data.storage import prepare_to_url
+
+            prepare_to_url(cfg)
+        else:
+            prepare_dataset(cfg)
     except DatasetError as err:
         raise SystemExit(f"data.prepare: {err}") from None
 

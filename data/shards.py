@@ -10,6 +10,9 @@
     48      16    zero padding, so the payload starts 64-byte aligned
 
 A shard is written to a temporary name and renamed into place, so a crash never leaves a half shard visible.
+A dataset directory lists its shards, their token counts and sha256 in `manifest.json` (written by prepare,
+read by the loader; both take the name and the fingerprint rule from here, so the reader never imports the
+writer).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
 MAGIC = b"DIFFV2TK"
 VERSION = 1
 HEADER_BYTES = 64
@@ -122,6 +127,16 @@ def open_shard(path: Path) -> tuple[ShardHeader, np.memmap]:
         return header, np.zeros(0, dtype=header.dtype)
     tokens = np.memmap(path, dtype=header.dtype.newbyteorder("<"), mode="r", offset=HEADER_BYTES)
     return header, tokens
+
+
+def manifest_fingerprint(manifest: dict) -> str:
+    """sha256 of the manifest's content without its own "fingerprint" entry (sorted-key JSON).
+
+    It names the dataset (a checkpoint's loader state records it) and seals the manifest: any edit made
+    after prepare, such as a shard dropped from a split, no longer matches it.
+    """
+    content = {key: value for key, value in manifest.items() if key != "fingerprint"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def file_sha256(path: Path) -> str:

@@ -42,9 +42,31 @@ def expand_paths(patterns: list[str], field: str = "data.source.paths") -> list[
     return sorted(files)
 
 
+def _invalid_utf8(path: Path, line: int, offset: int, bad: bytes) -> DatasetError:
+    return DatasetError(
+        f"{path}:{line}: invalid UTF-8 at byte offset {offset} ({bad!r}); re-encode the file as "
+        "UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or leave it out of data.source.paths. Replacing the bytes "
+        "silently would train on text the file does not hold"
+    )
+
+
+def _decode_utf8(path: Path, raw: bytes) -> str:
+    """`raw` as UTF-8, as it is (no newline translation: CRLF stays); invalid bytes are an error naming the
+    file, the line and the byte offset."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise _invalid_utf8(path, line, err.start, raw[err.start : err.end]) from None
+
+
 def _read_text(path: Path) -> str:
-    # Bytes as they are (no newline translation: \r\n stays), and undecodable bytes become U+FFFD instead
-    # of failing, so a corpus with one odd file still prepares.
+    return _decode_utf8(path, path.read_bytes())
+
+
+def _read_stdlib(path: Path) -> str:
+    # A few standard-library files are deliberately not UTF-8 (test/encoded_modules/*, the source-encoding
+    # tests): their odd bytes become U+FFFD, as they always have, so the default corpus stays the same.
     return path.read_bytes().decode("utf-8", errors="replace")
 
 
@@ -62,7 +84,7 @@ def _iter_jsonl(files: list[Path], field: str) -> Iterator[str]:
     for path in files:
         if path.suffix == ".json":
             try:
-                rows = json.loads(path.read_text(encoding="utf-8"))
+                rows = json.loads(_read_text(path))
             except json.JSONDecodeError as err:
                 raise DatasetError(f"{path}: not valid JSON ({err}); expected an array of objects") from err
             if not isinstance(rows, list):
@@ -70,8 +92,18 @@ def _iter_jsonl(files: list[Path], field: str) -> Iterator[str]:
             for i, row in enumerate(rows):
                 yield _text_field(row, field, f"{path}[{i}]")
             continue
-        with open(path, encoding="utf-8") as f:
+        # Undecodable bytes pass through as lone surrogates (surrogateescape), so each line can be checked
+        # with its number and byte offset; newline="" keeps line ends as they are, so the offsets are exact.
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            offset = 0
             for lineno, line in enumerate(f, 1):
+                try:
+                    size = len(line.encode("utf-8"))
+                except UnicodeEncodeError as err:
+                    start = offset + len(line[: err.start].encode("utf-8", "surrogateescape"))
+                    bad = line[err.start : err.end].encode("utf-8", "surrogateescape")
+                    raise _invalid_utf8(path, lineno, start, bad) from None
+                offset += size
                 if not line.strip():
                     continue
                 try:
@@ -112,7 +144,7 @@ def _iter_hf(cfg: SourceConfig) -> Iterator[str]:
 
 def _raw_documents(cfg: SourceConfig) -> Iterator[str]:
     if cfg.kind == "stdlib":
-        return map(_read_text, stdlib_files())
+        return map(_read_stdlib, stdlib_files())
     if cfg.kind == "text":
         return map(_read_text, expand_paths(cfg.paths))
     if cfg.kind == "jsonl":

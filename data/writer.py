@@ -14,8 +14,6 @@ import numpy as np
 
 from data.shards import DatasetError, file_sha256, write_shard
 
-SPLITS = ("train", "val")
-
 
 def empty_split_state() -> dict[str, object]:
     return {"shards": [], "next_doc": 0, "next_offset": 0, "documents": 0}

@@ -11,12 +11,19 @@ if TYPE_CHECKING:
 
 
 def sample_next(
-    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None = None
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None = None,
+    top_p: float | None = None,
 ) -> torch.Tensor:
     """Next token [B] from last-position logits [B, vocab]: argmax at temperature 0, else a softmax sample of
-    logits / temperature restricted to the top_k largest (all when top_k is None)."""
+    logits / temperature restricted to the top_k largest (all when top_k is None) and then to the nucleus:
+    the fewest most likely tokens whose probabilities sum to at least top_p (all when top_p is None)."""
     if temperature < 0:
         raise ValueError(f"temperature={temperature} must be >= 0")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p} must be in (0, 1] or None")
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -25,6 +32,12 @@ def sample_next(
             raise ValueError(f"top_k={top_k} must be a positive integer or None")
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens more likely than it already reach top_p (the first always stays)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
 
 
@@ -36,6 +49,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    top_p: float | None = None,
 ) -> torch.Tensor:
     """tokens [B, N] -> [B, N + max_new_tokens]: one prefill pass, then one cached step per new token."""
     batch, prompt = tokens.shape
@@ -46,7 +60,7 @@ def generate(
     out = tokens
     logits = model(tokens, caches)[:, -1]
     for step in range(max_new_tokens):
-        nxt = sample_next(logits, temperature, top_k, generator)
+        nxt = sample_next(logits, temperature, top_k, generator, top_p)
         out = torch.cat([out, nxt[:, None]], dim=1)
         if step + 1 < max_new_tokens:
             logits = model(nxt[:, None], caches)[:, -1]

@@ -28,6 +28,7 @@ def _fail(message: str, code: int) -> None:
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def _main(cfg: DictConfig) -> None:
+    from data import DatasetError
     from train.loop import TrainingDiverged
     from train.run import DatasetUnavailable, run_training
 
@@ -44,7 +45,7 @@ def _main(cfg: DictConfig) -> None:
         _fail(f"config error: {err}", EXIT_BAD_VALUE)
     except TrainingDiverged as err:
         _fail(f"training diverged: {err}", EXIT_DIVERGED)
-    except DatasetUnavailable as err:
+    except (DatasetUnavailable, DatasetError) as err:  # DatasetError: a shard failed its checks
         _fail(f"dataset unavailable: {err}", EXIT_BAD_VALUE)
 
 

@@ -1,4 +1,6 @@
-"""Export weights to one safetensors file plus model_config.json, loadable by `Transformer` on one CPU.
+"""Export weights to one safetensors file plus model_config.json, loadable by `Transformer` on one CPU, and
+the tokenizer the run trained with (`tokenizer.tiktoken` + `tokenizer.json`, data/tokenizer.py's format, also
+for a named encoding), so the directory alone turns text into tokens and back (`python -m infer.sample`).
 
 `python -m train.export <checkpoint dir> [<out dir>]` exports a DCP checkpoint (default out dir: the run dir
 above `checkpoints/`). Training calls `export_model` at the end with the live (possibly sharded) model.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,10 +21,22 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from data.config import TokenizerConfig
+from data.shards import DatasetError
 from model import ModelConfig, Transformer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model_config.json"
+TOKENIZER = "tokenizer"
+"""Stem of the exported tokenizer: tokenizer.tiktoken + tokenizer.json (read by data.tokenizer.load_bpe)."""
+
+
+def save_tokenizer(cfg: TokenizerConfig, out_dir: Path) -> Path:
+    """Writes the run's tokenizer (a trained BPE or a named encoding) into out_dir as a .tiktoken file."""
+    from data.tokenizer import load_tokenizer, save_bpe, tokenizer_files
+
+    save_bpe(load_tokenizer(cfg), out_dir / TOKENIZER, {"trained_as": cfg.name})
+    return tokenizer_files(out_dir / TOKENIZER)[0]
 
 
 def save_weights(state: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: Path) -> Path:
@@ -39,13 +54,25 @@ def save_weights(state: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: Path
     return path
 
 
-def export_model(model: nn.Module, cfg: ModelConfig, out_dir: Path, is_main: bool) -> Path:
-    """Gathers full weights onto rank 0's CPU (a collective: every rank calls it) and writes them there."""
+def export_model(
+    model: nn.Module,
+    cfg: ModelConfig,
+    out_dir: Path,
+    is_main: bool,
+    tokenizer: TokenizerConfig | None = None,
+) -> Path:
+    """Gathers full weights onto rank 0's CPU (a collective: every rank calls it) and writes them there,
+    with the tokenizer when given."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=options)
     path = out_dir / WEIGHTS
     if is_main:
         save_weights(state, cfg, out_dir)
+        if tokenizer is not None:
+            try:
+                save_tokenizer(tokenizer, out_dir)
+            except DatasetError as err:  # the weights are written; a missing tokenizer must not fail the run
+                print(f"warning: the export has no tokenizer: {err}", file=sys.stderr, flush=True)
     return path
 
 
@@ -71,7 +98,11 @@ def export_checkpoint(checkpoint: Path, out_dir: Path) -> Path:
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     state = model.state_dict()
     dcp.load({"app": {"model": state}}, checkpoint_id=str(checkpoint))
-    return save_weights(state, cfg, out_dir)
+    path = save_weights(state, cfg, out_dir)
+    # The resolved config names the tokenizer files (a relative data dir resolves against the cwd).
+    tokenizer = OmegaConf.to_container(resolved.data.tokenizer, resolve=True)
+    save_tokenizer(TokenizerConfig(**tokenizer), out_dir)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.checkpoint} is not a complete DCP checkpoint (no .metadata)")
     out_dir = args.out_dir or args.checkpoint.resolve().parent.parent
     path = export_checkpoint(args.checkpoint, out_dir)
-    print(f"exported {path} and {out_dir / CONFIG}")
+    print(f"exported {path}, {out_dir / CONFIG} and the tokenizer ({out_dir / TOKENIZER}.tiktoken)")
 
 
 if __name__ == "__main__":

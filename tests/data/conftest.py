@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,19 @@ def text_config(corpus: Path, out: Path, **overrides: object) -> DataConfig:
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
+
+
+@pytest.fixture(scope="session", autouse=True)
+def verify_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's shard-verification stamps live in a tmp folder, not in the user's ~/.cache."""
+    root = tmp_path_factory.mktemp("verified-shards")
+    previous = os.environ.get("DIFFV2_VERIFY_CACHE")
+    os.environ["DIFFV2_VERIFY_CACHE"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("DIFFV2_VERIFY_CACHE", None)
+    else:
+        os.environ["DIFFV2_VERIFY_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

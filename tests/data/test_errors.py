@@ -13,7 +13,7 @@ import pytest
 from data.config import DataConfig
 from data.loader import TokenLoader
 from data.prepare import MANIFEST, ensure_dataset, prepare_dataset
-from data.shards import HEADER_BYTES, DatasetError, dtype_for_vocab, write_shard
+from data.shards import HEADER_BYTES, DatasetError, dtype_for_vocab, manifest_fingerprint, write_shard
 
 
 def open_train(root: Path) -> TokenLoader:
@@ -25,8 +25,10 @@ def first_shard(root: Path) -> Path:
 
 
 def edit_manifest(root: Path, edit: object) -> None:
+    """Edits the manifest and reseals its fingerprint, as a consistent but wrong manifest would be."""
     manifest = json.loads((root / MANIFEST).read_text())
     edit(manifest)
+    manifest["fingerprint"] = manifest_fingerprint(manifest)
     (root / MANIFEST).write_text(json.dumps(manifest))
 
 
@@ -110,7 +112,11 @@ def test_truncated_header_names_the_shard(prepared_copy: Path, dir_snapshot: obj
 
 
 def test_manifest_disagreeing_with_a_shard_names_both(prepared_copy: Path, dir_snapshot: object) -> None:
-    edit_manifest(prepared_copy, lambda m: m["splits"]["train"]["shards"][0].update(tokens=19_999))
+    def one_token_fewer(manifest: dict) -> None:
+        manifest["splits"]["train"]["shards"][0]["tokens"] -= 1
+        manifest["splits"]["train"]["tokens"] -= 1
+
+    edit_manifest(prepared_copy, one_token_fewer)
     assert_fails_and_changes_nothing(
         prepared_copy,
         dir_snapshot,

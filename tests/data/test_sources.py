@@ -103,3 +103,30 @@ def test_glob_matching_nothing_names_the_pattern(tmp_path: Path) -> None:
 def test_unknown_source_kind_lists_the_known_ones() -> None:
     with pytest.raises(DatasetError, match=r"data\.source\.kind='ftp' is not known.*'parquet', 'hf'"):
         list(iter_documents(SourceConfig(kind="ftp")))
+
+
+@pytest.mark.parametrize("name", ["b.txt", "b.json"])
+def test_invalid_utf8_in_a_text_or_json_file_names_the_file_line_and_offset(
+    tmp_path: Path, name: str
+) -> None:
+    (tmp_path / "a.txt").write_text("fine\n")
+    prefix = b"line one\n" if name.endswith(".txt") else b'[{"text": "line one"},\n{"text": "'
+    (tmp_path / name).write_bytes(prefix + b"caf\xe9 au lait" + (b"\n" if name.endswith(".txt") else b'"}]'))
+    kind = "text" if name.endswith(".txt") else "jsonl"
+    cfg = SourceConfig(kind=kind, paths=[str(tmp_path / name)])
+    offset = len(prefix) + 3
+    pattern = rf"b\.{name[2:]}:2: invalid UTF-8 at byte offset {offset} \(b'\\xe9'\)"
+    with pytest.raises(DatasetError, match=pattern):
+        list(iter_documents(cfg))
+
+
+def test_stdlib_files_that_are_not_utf8_still_read_with_replacement_characters() -> None:
+    # The default corpus must not change: these files are deliberately in other encodings.
+    root = Path(sysconfig.get_paths()["stdlib"])
+    odd = root / "test" / "encoded_modules" / "module_iso_8859_1.py"
+    if odd not in stdlib_files():
+        pytest.skip("this Python ships without its test package")
+    files = stdlib_files()
+    nonempty_before = sum(1 for p in files[: files.index(odd)] if p.stat().st_size)  # empty files are skipped
+    docs = list(iter_documents(SourceConfig(kind="stdlib", max_docs=nonempty_before + 1)))
+    assert docs[-1] == odd.read_bytes().decode("utf-8", errors="replace") and "\ufffd" in docs[-1]

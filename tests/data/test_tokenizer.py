@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from data.bpe import to_tiktoken, train_hf_bpe
+from data.bpe import hf_bpe_tokenizer, to_tiktoken, train_hf_bpe
 from data.config import TokenizerConfig
 from data.shards import DatasetError
 from data.sources import stdlib_files
-from data.tokenizer import EOT, load_tokenizer, save_bpe, tokenizer_files
+from data.tokenizer import EOT, SPLIT_PATTERN, load_tokenizer, save_bpe, tokenizer_files
 
 HELD_OUT_EXTRA = [
     "Ünïcödé ßtraße, 日本語の文章, 中文, 한국어, עברית, العربية, ελληνικά, русский текст\n",
@@ -50,6 +50,16 @@ def test_reloaded_bpe_encodes_held_out_text_exactly_like_the_hf_trainer(trained:
         assert enc.decode(ids) == text
         tokens += len(ids)
     assert tokens > 50_000  # a real amount of held-out text was compared
+
+
+def test_training_splits_text_like_encoding_except_that_runs_are_cut_after_256_characters() -> None:
+    trainer, encoder = hf_bpe_tokenizer().pre_tokenizer, hf_bpe_tokenizer(SPLIT_PATTERN).pre_tokenizer
+    for text in held_out_texts()[-25:]:  # 20 stdlib files and the unicode / whitespace edge cases
+        assert trainer.pre_tokenize_str(text) == encoder.pre_tokenize_str(text), text[:80]
+    long = "x" + "a" * 100_000 + " " * 700 + "=" * 600 + "\n" * 600
+    pieces = [piece for piece, _ in trainer.pre_tokenize_str(long)]
+    assert sum(map(len, pieces)) == len(long) and max(map(len, pieces)) <= 512  # ASCII: one char per byte
+    assert max(len(piece) for piece, _ in encoder.pre_tokenize_str(long)) == 100_001
 
 
 def test_reloaded_bpe_keeps_endoftext_as_a_special_token(trained: tuple) -> None:

@@ -1,0 +1,92 @@
+"""A model and its tokenizer from a run dir, a DCP checkpoint dir or an export dir, on one device.
+
+- export dir (`python -m train.export`, or a finished run dir): model.safetensors, model_config.json and the
+  tokenizer files (tokenizer.tiktoken + tokenizer.json);
+- checkpoint dir (`runs/x/checkpoints/step_XXXXXXXX`): exported to a temporary dir first, through
+  train/export.py, so there is one reader of DCP checkpoints;
+- run dir without exported weights (stopped early): its latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import tiktoken
+import torch
+import torch.distributed as dist
+
+from data.tokenizer import load_bpe, tokenizer_files
+from model import ModelConfig, Transformer
+from train.checkpoint import complete_checkpoints
+from train.export import CONFIG, TOKENIZER, WEIGHTS, export_checkpoint, load_exported
+
+
+@dataclass
+class Loaded:
+    """A model in eval mode on `device`, its tokenizer, and the export dir they were read from."""
+
+    model: Transformer
+    tokenizer: tiktoken.Encoding
+    source: Path
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.model.cfg
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.tok_embeddings.weight.device
+
+
+def is_export_dir(path: Path) -> bool:
+    return (path / WEIGHTS).is_file() and (path / CONFIG).is_file()
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    return (path / ".metadata").is_file() and (path / "config.yaml").is_file()
+
+
+def load_tokenizer_from(export_dir: Path) -> tiktoken.Encoding:
+    """The tokenizer an export carries; a clear error for an export written before exports carried one."""
+    ranks, _ = tokenizer_files(export_dir / TOKENIZER)
+    if not ranks.is_file():
+        raise FileNotFoundError(
+            f"{ranks} is missing: {export_dir} holds weights but no tokenizer (an older export?). "
+            "Re-export a checkpoint with `python -m train.export <checkpoint dir> <out dir>`"
+        )
+    return load_bpe(export_dir / TOKENIZER)
+
+
+def _load_export(export_dir: Path, device: torch.device, dtype: torch.dtype) -> Loaded:
+    model = load_exported(export_dir).to(device=device, dtype=dtype).eval()
+    return Loaded(model, load_tokenizer_from(export_dir), export_dir)
+
+
+def load(
+    source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> Loaded:
+    """The model and tokenizer of `source` (see the module docstring for what it may be)."""
+    path = Path(source)
+    device = torch.device(device)
+    if is_export_dir(path):
+        return _load_export(path, device, dtype)
+    if not is_checkpoint_dir(path):
+        done = complete_checkpoints(path / "checkpoints")
+        if not done:
+            raise FileNotFoundError(
+                f"{path} is neither an export dir ({WEIGHTS} + {CONFIG}), a checkpoint dir (.metadata + "
+                "config.yaml) nor a run dir with a complete checkpoint under checkpoints/"
+            )
+        path = done[-1]
+    had_group = dist.is_initialized()  # export_checkpoint starts a 1-rank gloo group for DCP when none runs
+    try:
+        with tempfile.TemporaryDirectory(prefix="diffv2-export-") as tmp:
+            export_checkpoint(path, Path(tmp))
+            loaded = _load_export(Path(tmp), device, dtype)
+    finally:
+        if not had_group and dist.is_initialized():
+            dist.destroy_process_group()
+    loaded.source = path
+    return loaded
