@@ -1,6 +1,6 @@
-"""`make bench` / `python -m bench [attention data loop throughput checkpoint]`: every benchmark, each
-printing its figures and its ratios against a baseline measured in the same run (machines are noisy;
-absolute numbers are not)."""
+"""`make bench` / `python -m bench [attention decode data loop throughput checkpoint documents sources]`:
+every benchmark, each printing its figures and its ratios against a baseline measured in the same run
+(machines are noisy; absolute numbers are not)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("attention", "data", "loop", "throughput", "checkpoint")
+BENCHMARKS = ("attention", "decode", "data", "loop", "throughput", "checkpoint", "documents", "sources")
 
 
 def main(argv: list[str] | None = None) -> None:

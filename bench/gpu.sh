@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The one prepared run for a lent GPU machine (see ../shared/gpu/README.md): the CUDA tests, then training
 # tokens/s, MFU and memory of baseline vs DIFF V2 (FSDP2, bf16, compile off/on) at two sizes, then how long
-# a checkpoint stops training (blocking vs async). The step limits add up to 480 s.
+# a checkpoint stops training (blocking vs async), then KV-cache decoding of baseline vs DIFF V2 (bench.decode).
+# The step limits add up to 510 s.
 # Everything lands in $OUT: summary.txt, one log per step, throughput-*.json.
 #
 #   here, once:   ../shared/gpu/fetch-wheels.sh tokenizers tqdm    # Hydra, OmegaConf, data.prepare's needs
-#   device:       run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=480)
+#   device:       run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=540)
 #   CPU dry run:  SMALL=tiny LARGE=tiny SEQ=256 OUT=/tmp/gpu-dry bash bench/gpu.sh
 #
 # Each step has its own time limit, so one slow step cannot eat the others' time; the exit status is
@@ -55,6 +56,8 @@ step "throughput-$LARGE" 130 python3 -m bench.throughput --sizes "$LARGE" --comp
   --json "$OUT/throughput-$LARGE.json" --keep "$OUT/runs-$LARGE" \
   trainer.seq_len="$SEQ" trainer.micro_batch=4 trainer.global_batch_tokens=$((SEQ * 4))
 step "checkpoint-$SMALL" 40 python3 -m bench.checkpoint model="$SMALL"
+step "decode-$SMALL" 30 python3 -m bench.decode --size "$SMALL" --prompt $((SEQ / 4)) --new 128 --batches 1 8 \
+  --json "$OUT/decode-$SMALL.json"
 rm -rf "$OUT"/runs-*/*/checkpoints  # none are written (checkpoint.enabled=false); never ship weights back
 cat "$OUT/summary.txt"
 exit "$failed"

@@ -1,6 +1,6 @@
-"""The data path: tokenizers, sources, `prepare` (text -> token shards) and the resumable TokenLoader.
+"""The data path: tokenizers, sources, `prepare` (text -> token shards) and the resumable loaders.
 
-    from data import prepare_dataset, ensure_dataset, load_tokenizer, TokenLoader
+    from data import prepare_dataset, ensure_dataset, load_tokenizer, TokenLoader, MixtureLoader
 
 Names load lazily so that tokenizer worker processes (spawned by prepare) never import torch.
 """
@@ -12,18 +12,27 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from data.loader import TokenLoader
+    from data.mixture import MixtureLoader
     from data.prepare import ensure_dataset, prepare_dataset
     from data.shards import DatasetError
     from data.tokenizer import load_tokenizer
 
 _EXPORTS = {
     "TokenLoader": "data.loader",
+    "MixtureLoader": "data.mixture",
     "prepare_dataset": "data.prepare",
     "ensure_dataset": "data.prepare",
     "load_tokenizer": "data.tokenizer",
     "DatasetError": "data.shards",
 }
-__all__ = ["DatasetError", "TokenLoader", "ensure_dataset", "load_tokenizer", "prepare_dataset"]
+__all__ = [
+    "DatasetError",
+    "MixtureLoader",
+    "TokenLoader",
+    "ensure_dataset",
+    "load_tokenizer",
+    "prepare_dataset",
+]
 
 
 def __getattr__(name: str) -> object:

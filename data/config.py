@@ -42,13 +42,34 @@ class TokenizerConfig:
 
 
 @dataclass
+class CacheConfig:
+    dir: str = "${oc.env:DIFFV2_CACHE,.cache/shards}"
+    """Local directory of shards downloaded from a data.dir URL (s3://, gs://, file://), named by sha256."""
+    max_gb: float = 50.0
+    """Most disk the cache may use, in GB (1e9 bytes); least recently used shards are deleted first."""
+    retries: int = 3
+    """Download attempts per shard (or manifest) before a dropped connection becomes an error."""
+    lookahead: int = 4
+    """Micro-batches ahead whose shards are downloaded in the background."""
+
+
+@dataclass
+class MixtureSourceConfig:
+    dir: str = "???"
+    """Prepared dataset directory of this source (every source of a mixture shares one tokenizer)."""
+    weight: float = 1.0
+    """Relative share of training windows (normalised over the sources); finite and > 0."""
+
+
+@dataclass
 class DataConfig:
     name: str = "stdlib"
     """Dataset name, for run names and reports."""
     dir: str = (
         "${oc.env:DIFFV2_DATA,.cache/data}/${data.name}-${data.tokenizer.name}${data.tokenizer.vocab_size}"
     )
-    """Directory of the token shards and their manifest."""
+    """Directory of the token shards and their manifest: a local path, or an fsspec URL (s3://bucket/path,
+    gs://..., file://...) that prepare uploads to and training reads through data.cache."""
     source: SourceConfig = field(default_factory=SourceConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     shard_tokens: int = 2_000_000
@@ -63,6 +84,11 @@ class DataConfig:
     """Resume even if the checkpoint's dataset fingerprint differs from the shards on disk."""
     prepare_if_missing: bool = True
     """Training prepares the dataset (and tokenizer) when its manifest is missing."""
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    """Where shards of a data.dir URL are kept locally (data/storage.py)."""
+    mixture: dict[str, MixtureSourceConfig] = field(default_factory=dict)
+    """Train on several prepared datasets by weight, name -> {dir, weight} (data/mixture.py); empty: data.dir
+    alone. The sources must exist already (prepare_if_missing covers data.dir only)."""
     verify_shards: bool = True
     """Check each shard against the manifest's sha256 (and its token ids against the vocabulary) before
     first use; a pass is remembered per machine in $DIFFV2_VERIFY_CACHE (default

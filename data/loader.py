@@ -5,6 +5,9 @@ micro-step k takes stream positions [k * G, (k + 1) * G) with G = world_size * m
 the r-th block of micro_batch of them. The only state is the global cursor (windows the whole job has
 consumed), so a job resumed on another world size at an optimizer-step boundary, with the same global
 batch, reads exactly the windows the uninterrupted job would have read next.
+
+`StreamLoader` holds that contract (ranks, cursor, prefetch, state); a subclass says which windows sit at
+stream positions: `TokenLoader` one dataset's epochs (`WindowStream`), data/mixture.py several datasets'.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from data.dataset import TokenDataset
 from data.shards import DatasetError
+from data.storage import RemoteDataset, ShardCache, open_dataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -65,34 +69,60 @@ class _Prefetcher:
         self._thread.join()
 
 
-class TokenLoader:
+class WindowStream:
+    """One dataset's windows as an endless stream: epoch e is a seeded permutation of all its windows."""
+
+    def __init__(self, data: TokenDataset | RemoteDataset, seed_key: list[int], shuffle: bool) -> None:
+        """seed_key: the epoch permutation is drawn from default_rng(seed_key + [epoch])."""
+        self.data = data
+        self.seed_key = seed_key
+        self.shuffle = shuffle
+        self.num_sequences: int = data.num_sequences
+        self._perms: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            if epoch not in self._perms:
+                if len(self._perms) >= 2:  # a batch spans at most two epochs
+                    self._perms.pop(min(self._perms))
+                rng = np.random.default_rng([*self.seed_key, epoch])
+                self._perms[epoch] = rng.permutation(self.num_sequences)
+            return self._perms[epoch]
+
+    def window_ids(self, positions: np.ndarray) -> np.ndarray:
+        """Window indices at these positions of the stream (any order, any epochs)."""
+        epochs, within = np.divmod(positions, self.num_sequences)
+        if not self.shuffle:
+            return within
+        ids = np.empty(len(positions), dtype=np.int64)
+        for epoch in np.unique(epochs).tolist():
+            mask = epochs == epoch
+            ids[mask] = self._permutation(epoch)[within[mask]]
+        return ids
+
+
+class StreamLoader:
+    """Ranks, the global cursor, iteration, prefetch and the resumable state; see the module docstring."""
+
     def __init__(
         self,
-        dataset_dir: str | Path,
         split: str,
         seq_len: int,
         micro_batch: int,
         rank: int,
         world_size: int,
         seed: int,
-        shuffle: bool = True,
-        prefetch: int = 2,
-        pin_memory: bool = False,
-        verify: bool = True,
+        shuffle: bool,
+        prefetch: int,
+        pin_memory: bool,
     ) -> None:
-        """Iterating yields (inputs, targets), int64 [micro_batch, seq_len], endlessly (the caller bounds it).
-
-        prefetch: batches built ahead in a background thread (0: built on demand in the caller's thread).
-        pin_memory: page-lock batches for asynchronous host-to-device copies (only when CUDA is present).
-        verify: check the split's shards against the manifest's sha256 before first use (once per machine).
-        """
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank}, world_size={world_size}; expected 0 <= rank < world_size")
         if micro_batch < 1:
             raise ValueError(f"micro_batch={micro_batch}; expected at least 1 sequence")
         if prefetch < 0:
             raise ValueError(f"prefetch={prefetch}; expected 0 (no background thread) or more batches")
-        self._data = TokenDataset(dataset_dir, split, seq_len, verify=verify)
         self.split = split
         self.seq_len = seq_len
         self.micro_batch = micro_batch
@@ -102,15 +132,9 @@ class TokenLoader:
         self.shuffle = shuffle
         self.prefetch = prefetch
         self.pin_memory = pin_memory and torch.cuda.is_available()
-        self.fingerprint: str = self._data.fingerprint
-        self.vocab_size: int = self._data.vocab_size
-        self.eot_token: int = self._data.eot_token
-        self.num_sequences: int = self._data.num_sequences
         self.global_batch = world_size * micro_batch
         """Windows one global micro-step consumes across all ranks."""
         self._cursor = 0
-        self._perms: dict[int, np.ndarray] = {}
-        self._perms_lock = threading.Lock()
         self._prefetcher: _Prefetcher | None = None
 
     @property
@@ -118,41 +142,23 @@ class TokenLoader:
         """Windows the whole job has consumed (all ranks, all epochs)."""
         return self._cursor
 
-    @property
-    def epoch(self) -> int:
-        return self._cursor // self.num_sequences
+    def windows_at(self, start: int, count: int) -> np.ndarray:
+        """[count, seq_len + 1] int64 windows at global stream positions [start, start + count)."""
+        raise NotImplementedError
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        with self._perms_lock:
-            if epoch not in self._perms:
-                if len(self._perms) >= 2:  # a batch spans at most two epochs
-                    self._perms.pop(min(self._perms))
-                rng = np.random.default_rng([self.seed, epoch])
-                self._perms[epoch] = rng.permutation(self.num_sequences)
-            return self._perms[epoch]
-
-    def window_ids(self, start: int, count: int) -> np.ndarray:
-        """Window indices at global stream positions [start, start + count)."""
-        positions = np.arange(start, start + count, dtype=np.int64)
-        epochs, within = np.divmod(positions, self.num_sequences)
-        if not self.shuffle:
-            return within
-        ids = np.empty(count, dtype=np.int64)
-        for epoch in np.unique(epochs).tolist():
-            mask = epochs == epoch
-            ids[mask] = self._permutation(epoch)[within[mask]]
-        return ids
+    def metrics(self) -> dict[str, float]:
+        """Per-source figures for the training log (a mixture's tokens and epochs per source)."""
+        return {}
 
     def batch_at(self, cursor: int) -> Batch:
         """This rank's batch of the global micro-step that starts at global position `cursor`."""
-        ids = self.window_ids(cursor + self.rank * self.micro_batch, self.micro_batch)
-        windows = torch.from_numpy(self._data.windows(ids))
+        windows = torch.from_numpy(self.windows_at(cursor + self.rank * self.micro_batch, self.micro_batch))
         inputs, targets = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
         if self.pin_memory:
             inputs, targets = inputs.pin_memory(), targets.pin_memory()
         return inputs, targets
 
-    def __iter__(self) -> TokenLoader:
+    def __iter__(self) -> StreamLoader:
         return self
 
     def __next__(self) -> Batch:
@@ -180,6 +186,75 @@ class TokenLoader:
         """Stops the background thread (it is a daemon, so forgetting this never blocks exit)."""
         self._stop_prefetch()
 
+    def _check_state(self, state: dict[str, object], allow_fingerprint_mismatch: bool) -> None:
+        """Raises when `state` belongs to another stream; subclasses add what defines theirs."""
+        for key in ("seed", "seq_len", "split", "shuffle"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"loader state has {key}={state[key]!r} but this loader has "
+                    f"{key}={getattr(self, key)!r}; the global stream would differ"
+                )
+
+    def load_state_dict(self, state: dict[str, object], allow_fingerprint_mismatch: bool = False) -> None:
+        """Continues the global stream at `state`'s cursor; batches already prefetched are dropped."""
+        self._check_state(state, allow_fingerprint_mismatch)
+        cursor = int(state["cursor"])
+        if cursor < 0:
+            raise ValueError(f"loader state cursor={cursor}; expected >= 0")
+        self._stop_prefetch()
+        self._cursor = cursor
+
+
+class TokenLoader(StreamLoader):
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        split: str,
+        seq_len: int,
+        micro_batch: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        shuffle: bool = True,
+        prefetch: int = 2,
+        pin_memory: bool = False,
+        verify: bool = True,
+        cache: ShardCache | None = None,
+        lookahead: int = 4,
+    ) -> None:
+        """Iterating yields (inputs, targets), int64 [micro_batch, seq_len], endlessly (the caller bounds it).
+
+        dataset_dir: a prepared dataset directory, or its fsspec URL (s3://..., read through `cache`).
+        prefetch: batches built ahead in a background thread (0: built on demand in the caller's thread).
+        pin_memory: page-lock batches for asynchronous host-to-device copies (only when CUDA is present).
+        verify: check the split's shards against the manifest's sha256 before first use (once per machine;
+        a URL's shards are checked as they download instead).
+        lookahead: for a URL, micro-batches ahead whose shards are downloaded in the background.
+        """
+        super().__init__(split, seq_len, micro_batch, rank, world_size, seed, shuffle, prefetch, pin_memory)
+        self._data = open_dataset(dataset_dir, split, seq_len, cache, verify)
+        self.lookahead = lookahead
+        self.fingerprint: str = self._data.fingerprint
+        self.vocab_size: int = self._data.vocab_size
+        self.eot_token: int = self._data.eot_token
+        self.num_sequences: int = self._data.num_sequences
+        self._stream = WindowStream(self._data, [seed], shuffle)
+
+    @property
+    def epoch(self) -> int:
+        return self._cursor // self.num_sequences
+
+    def window_ids(self, start: int, count: int) -> np.ndarray:
+        """Window indices at global stream positions [start, start + count)."""
+        return self._stream.window_ids(np.arange(start, start + count, dtype=np.int64))
+
+    def windows_at(self, start: int, count: int) -> np.ndarray:
+        if isinstance(self._data, RemoteDataset) and self.lookahead:  # this rank's next micro-batches
+            step = self.global_batch
+            ahead = [self.window_ids(start + k * step, count) for k in range(1, self.lookahead + 1)]
+            self._data.prefetch(np.concatenate(ahead))
+        return self._data.windows(self.window_ids(start, count))
+
     def state_dict(self) -> dict[str, object]:
         """The global position: equal on every rank, valid for any world size with the same global batch."""
         return {
@@ -192,8 +267,13 @@ class TokenLoader:
             "shuffle": self.shuffle,
         }
 
-    def load_state_dict(self, state: dict[str, object], allow_fingerprint_mismatch: bool = False) -> None:
-        """Continues the global stream at `state`'s cursor; batches already prefetched are dropped."""
+    def close(self) -> None:
+        """Stops the background threads (batches; for a URL, shard downloads)."""
+        super().close()
+        if isinstance(self._data, RemoteDataset):
+            self._data.close()
+
+    def _check_state(self, state: dict[str, object], allow_fingerprint_mismatch: bool) -> None:
         if state["fingerprint"] != self.fingerprint and not allow_fingerprint_mismatch:
             raise DatasetError(
                 f"{self._data.dir}: the checkpoint's loader state is for dataset fingerprint "
@@ -201,14 +281,4 @@ class TokenLoader:
                 "resuming would not continue the same data stream. "
                 "Set data.allow_fingerprint_mismatch=true to resume anyway"
             )
-        for key in ("seed", "seq_len", "split", "shuffle"):
-            if state[key] != getattr(self, key):
-                raise ValueError(
-                    f"loader state has {key}={state[key]!r} but this loader has "
-                    f"{key}={getattr(self, key)!r}; the global stream would differ"
-                )
-        cursor = int(state["cursor"])
-        if cursor < 0:
-            raise ValueError(f"loader state cursor={cursor}; expected >= 0")
-        self._stop_prefetch()
-        self._cursor = cursor
+        super()._check_state(state, allow_fingerprint_mismatch)

@@ -354,7 +354,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     cfg = _compose(args)
     try:
-        prepare_dataset(cfg)
+        if "://" in cfg.dir:  # object storage: prepare locally, then upload (data/storage.py)
+            from data.storage import prepare_to_url
+
+            prepare_to_url(cfg)
+        else:
+            prepare_dataset(cfg)
     except DatasetError as err:
         raise SystemExit(f"data.prepare: {err}") from None
 

@@ -1,6 +1,9 @@
-"""`python -m launch.report <run dirs or sweep dirs> [--out DIR]`: one PNG per metric, a line per run, and the
-comparison table, from each run's metrics.jsonl.
+"""`python -m launch.report <run or sweep dirs> [--out DIR] [--reference VARIANT]`: the comparison tables,
+one PNG per metric and a markdown report beside them, from each run's metrics.jsonl and config.yaml.
 
+Trials that differ only in their seed form one variant (launch/study.py): its PNG line is the mean over
+seeds with a band from the lowest to the highest seed, and its table row holds the mean and std over seeds
+and the difference to the reference variant (default diff_v2), paired by seed, with its 95% interval.
 Diagnostics are logged per layer (`diag/<stat>/L<i>`); a plot shows the trainer's overall figure
 (`diag/<stat>/max` or `/mean`) when logged, else the max or mean over layers.
 """
@@ -9,12 +12,26 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from launch.metrics import METRICS_FILE, find_runs, format_table, read_metrics, summarize
+from launch.study import VariantResult, find_variant, load_study
+from launch.tables import (
+    TRIAL_HEADER,
+    VARIANT_HEADER,
+    render_markdown,
+    render_text,
+    trial_rows,
+    variant_rows,
+    verdicts,
+)
+
+DEFAULT_REFERENCE = "diff_v2"
+REPORT_FILE = "report.md"
 
 
 @dataclass(frozen=True)
@@ -28,19 +45,24 @@ class Metric:
     label: str
     """y-axis label."""
     reduce: str = "mean"
-    """How per-layer diagnostics combine when no overall figure was logged: mean | max."""
+    """How per-layer diagnostics combine when no overall figure was logged: mean | max | min."""
 
 
 METRICS = (
     Metric("loss", "loss", "train loss"),
     Metric("val_loss", "val_loss", "validation loss"),
     Metric("grad_norm", "grad_norm", "global grad norm (before clipping)"),
-    Metric("lambda_mean", "diag/lambda_mean", "sigmoid(lambda): mean over heads and layers"),
-    Metric("lambda_std", "diag/lambda_std", "sigmoid(lambda): std over heads, mean over layers"),
-    Metric("act_max", "diag/act_max", "max |activation|, over layers", reduce="max"),
+    Metric("loss_spikes", "loss_spikes", "loss spikes so far"),
+    Metric("grad_spikes", "grad_spikes", "grad-norm spikes so far"),
+    Metric("lambda_mean", "diag/lambda_mean", "lambda: mean over heads and layers"),
+    Metric("lambda_std", "diag/lambda_std", "lambda: std over tokens and heads, mean over layers"),
+    Metric("act_max", "diag/act_max", "max |activation| at block outputs, over layers", reduce="max"),
+    Metric("act_ratio", "diag/act_ratio", "max |x| / RMS(x) at block outputs, over layers", reduce="max"),
     Metric("qk_logit_max", "diag/qk_logit_max", "max qk logit, over layers", reduce="max"),
-    Metric("sink_mass", "diag/sink_mass", "attention mass on the first token, mean over layers"),
-    Metric("context_rms", "diag/context_rms", "attention context RMS, mean over layers"),
+    Metric("sink_mass", "diag/sink_mass", "attention on the first token (later queries), mean over maps"),
+    Metric("sink_mass_max", "diag/sink_mass_max", "attention on the first token, most sink-like map", "max"),
+    Metric("context_rms", "diag/context_rms", "context RMS / RMS of values read, mean over heads"),
+    Metric("context_rms_min", "diag/context_rms_min", "context RMS / values RMS, smallest head", "min"),
 )
 
 
@@ -49,6 +71,7 @@ def series(records: Sequence[dict], metric: Metric) -> tuple[list[float], list[f
     steps: list[float] = []
     values: list[float] = []
     layer_key = re.compile(re.escape(metric.key) + r"/L\d+$")
+    reducers = {"max": max, "min": min, "mean": statistics.fmean}
     for rec in records:
         if rec.get("event") is not None or not isinstance(rec.get("step"), int | float):
             continue
@@ -58,34 +81,53 @@ def series(records: Sequence[dict], metric: Metric) -> tuple[list[float], list[f
             if value is None:
                 per_layer = [v for k, v in rec.items() if layer_key.match(k) and isinstance(v, int | float)]
                 if per_layer:
-                    value = max(per_layer) if metric.reduce == "max" else sum(per_layer) / len(per_layer)
+                    value = reducers[metric.reduce](per_layer)
         if isinstance(value, int | float) and not isinstance(value, bool):
             steps.append(float(rec["step"]))
             values.append(float(value))
     return steps, values
 
 
-def plot_runs(runs: Sequence[Path], out_dir: Path, metrics: Sequence[Metric] = METRICS) -> list[Path]:
-    """Writes <out_dir>/<metric>.png for every metric at least one run logged; the paths written."""
+def band(
+    runs: Sequence[Sequence[dict]], metric: Metric
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(steps, mean, low, high) over runs at the steps every run logged (all of one run's, for one run)."""
+    per_run = [dict(zip(*series(records, metric), strict=True)) for records in runs]
+    per_run = [s for s in per_run if s]
+    if not per_run:
+        return [], [], [], []
+    steps = sorted(set.intersection(*(set(s) for s in per_run)))
+    columns = [[s[step] for s in per_run] for step in steps]
+    return steps, [statistics.fmean(c) for c in columns], [min(c) for c in columns], [max(c) for c in columns]
+
+
+def plot_groups(
+    groups: dict[str, list[Path]], out_dir: Path, metrics: Sequence[Metric] = METRICS
+) -> list[Path]:
+    """Writes <out_dir>/<metric>.png for every metric at least one run logged: a line per group (the mean over
+    its runs) with a band from its lowest to its highest run; the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on clusters or in CI
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = {run: read_metrics(run / METRICS_FILE) for run in runs}
+    records = {name: [read_metrics(run / METRICS_FILE) for run in runs] for name, runs in groups.items()}
     written: list[Path] = []
     for metric in metrics:
-        lines = [(run.name, *series(records[run], metric)) for run in runs]
+        lines = [(name, *band(recs, metric)) for name, recs in records.items()]
         lines = [line for line in lines if line[1]]
         if not lines:
             continue
         fig, ax = plt.subplots(figsize=(8, 5))
-        for name, steps, values in lines:
-            ax.plot(steps, values, label=name, marker="." if len(steps) < 30 else None)
+        for name, steps, mean, low, high in lines:
+            (drawn,) = ax.plot(steps, mean, label=name, marker="." if len(steps) < 30 else None)
+            if len(groups[name]) > 1:
+                ax.fill_between(steps, low, high, color=drawn.get_color(), alpha=0.2, linewidth=0)
         ax.set_xlabel("step")
         ax.set_ylabel(metric.label)
-        ax.set_title(metric.name)
+        seeds = max(len(runs) for runs in groups.values())
+        ax.set_title(metric.name + (f" (mean, band: min-max over {seeds} seeds)" if seeds > 1 else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
         fig.tight_layout()
@@ -96,13 +138,45 @@ def plot_runs(runs: Sequence[Path], out_dir: Path, metrics: Sequence[Metric] = M
     return written
 
 
+def plot_runs(runs: Sequence[Path], out_dir: Path, metrics: Sequence[Metric] = METRICS) -> list[Path]:
+    """One line per run (no grouping)."""
+    return plot_groups({run.name: [run] for run in runs}, out_dir, metrics)
+
+
+def study_markdown(variants: Sequence[VariantResult], reference: VariantResult, plots: Sequence[Path]) -> str:
+    """The report page: verdicts, the per-variant and per-trial tables, then the plots (paths as given)."""
+    parts = [
+        f"Reference variant: **{reference.name}**. Δ = variant − reference, final validation loss, paired by "
+        "seed; ± is the half-width of the 95% interval over seeds, and 'beyond noise' says whether it "
+        "excludes 0.",
+        "",
+        *(f"- {line}" for line in verdicts(variants, reference)),
+        "",
+        render_markdown(VARIANT_HEADER, variant_rows(variants, reference)),
+        "",
+        "<details><summary>Per trial</summary>",
+        "",
+        render_markdown(TRIAL_HEADER, trial_rows(variants, reference)),
+        "",
+        "</details>",
+        "",
+        *(f"![{p.stem}]({p.as_posix()})" for p in plots),
+    ]
+    return "\n".join(parts) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.report", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "paths", nargs="+", help="run dirs (holding metrics.jsonl) or sweep dirs (holding runs)"
     )
     parser.add_argument(
-        "--out", help="where the PNGs go (default: <path>/report for one path, else ./report)"
+        "--out", help="where the PNGs and report.md go (default: <path>/report for one path, else ./report)"
+    )
+    parser.add_argument(
+        "--reference",
+        help=f"variant the others are compared to (default: {DEFAULT_REFERENCE} when the study has it, "
+        "else its first variant)",
     )
     args = parser.parse_args(argv)
     try:
@@ -115,8 +189,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out
         else (Path(args.paths[0]) / "report" if len(args.paths) == 1 else Path("report"))
     )
-    written = plot_runs(runs, out)
     print(format_table([summarize(run) for run in runs]))
+    missing = [run for run in runs if not (run / "config.yaml").exists()]
+    if missing:  # runs not written by the trainer (or pruned): curves only, no variants
+        written = plot_runs(runs, out)
+        print(f"\nno config.yaml in {missing[0]}: no per-variant table")
+    else:
+        variants = load_study(runs)
+        names = [v.name for v in variants]
+        try:
+            if args.reference is not None:
+                reference = find_variant(variants, args.reference)
+            else:
+                reference = (
+                    find_variant(variants, DEFAULT_REFERENCE) if DEFAULT_REFERENCE in names else variants[0]
+                )
+        except ValueError as exc:
+            print(f"launch.report: error: {exc}", file=sys.stderr)
+            return 2
+        groups = {v.name: [t.run_dir for t in v.trials] for v in variants}
+        written = plot_groups(groups, out)
+        print()
+        print(render_text(VARIANT_HEADER, variant_rows(variants, reference)))
+        print(*verdicts(variants, reference), sep="\n")
+        page = study_markdown(variants, reference, [Path(p.name) for p in written])
+        (out / REPORT_FILE).write_text(page)
+        print(f"\n{out / REPORT_FILE}")
     print(f"\n{len(written)} plots in {out}: {', '.join(p.name for p in written)}")
     return 0
 

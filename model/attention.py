@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig, baseline_heads
+from model.documents import Documents
 from model.kernel import attention
 from model.kv_cache import KVCache
 from model.rope import apply_rope
@@ -85,12 +86,15 @@ class Attention(nn.Module):
         lam = self.lambda_proj(x)
         return torch.sigmoid(lam) if self.lambda_mode == "sigmoid" else lam
 
-    def forward(self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None, docs: Documents | None = None
+    ) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self._qkv(x, rel_pos)
         if cache is not None:
             k, v = cache.update(k, v)
-        attn = attention(q, k, v, self.attn_impl)  # [B, N, Hq, d]
+        # one kernel call over all 2h heads: both heads of a pair see the same document mask
+        attn = attention(q, k, v, self.attn_impl, docs)  # [B, N, Hq, d]
         if self.use_diff_v2:
             # unbind, not strided slices: its backward stacks the two gradients instead of zero-filling twice
             if self.pairing == "grouped":  # heads (2j, 2j+1)
@@ -172,13 +176,15 @@ class DiffV1Attention(nn.Module):
         v = self.v_proj(x).view(b, n, self.n_kv_heads // 2, 2 * self.head_dim)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None, docs: Documents | None = None
+    ) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self._qkv(x, rel_pos)
         if cache is not None:
             k, v = cache.update(k, v)
-        attn1 = attention(q[:, :, 0::2], k[:, :, 0::2], v, self.attn_impl)  # [B, N, h/2, 2d]
-        attn2 = attention(q[:, :, 1::2], k[:, :, 1::2], v, self.attn_impl)
+        attn1 = attention(q[:, :, 0::2], k[:, :, 0::2], v, self.attn_impl, docs)  # [B, N, h/2, 2d]
+        attn2 = attention(q[:, :, 1::2], k[:, :, 1::2], v, self.attn_impl, docs)
         attn = attn1 - self.lambda_full().to(attn1.dtype) * attn2
         attn = self.subln(attn) * (1 - self.lambda_init)
         return self.o_proj(attn.reshape(b, n, self.n_heads * self.head_dim))

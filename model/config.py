@@ -74,6 +74,15 @@ class ModelConfig:
     variant: str = "diff_v2"
     """Attention preset name (the conf/attention file, e.g. baseline_2h, diff_v2_cross_group), for run names
     and reports only: `attention` alone does not tell the ablations apart."""
+    doc_mask: bool = False
+    """Document-aware attention: no token attends across an end-of-text token inside a training window (each
+    document of a packed window is attended as if alone; model/documents.py). Off: plain causal over the
+    whole window. Applies to full-window forwards (training, evaluation); KV-cached decoding stays causal."""
+    doc_positions: bool = False
+    """With doc_mask: RoPE positions restart at 0 at every document start instead of counting from the
+    window start."""
+    eot_token: int = -1
+    """The end-of-text token id that ends each document (doc_mask); -1: training takes it from the dataset."""
 
 
 def _fail(field: str, value: object, expected: str) -> None:
@@ -137,6 +146,12 @@ def validate_model_config(cfg: ModelConfig) -> None:
             f"model.attention='diff_v1' needs even model.n_heads={cfg.n_heads} and model.n_kv_heads="
             f"{cfg.n_kv_heads}: V1 splits them into h/2 differential heads of two sub-heads each"
         )
+    if cfg.doc_positions and not cfg.doc_mask:
+        _fail(
+            "doc_positions", cfg.doc_positions, "needs model.doc_mask=true (positions restart per document)"
+        )
+    if not -1 <= cfg.eot_token < cfg.vocab_size:
+        _fail("eot_token", cfg.eot_token, f"must be -1 (from the dataset) or in [0, {cfg.vocab_size})")
     if cfg.attention == "diff_v2" and cfg.pairing == "cross_group" and cfg.n_kv_heads < 2:
         _fail(
             "pairing",

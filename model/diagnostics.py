@@ -2,23 +2,32 @@
 
     with DiagnosticsRecorder(model) as rec:
         model(tokens)
-    rec.summary()  # {"diag/lambda_mean/L0": ..., "diag/act_max/max": ..., ...}
+    rec.summary()   # {"diag/context_rms/L0": ..., "diag/sink_mass_max/max": ..., ...}
+    rec.per_head()  # {"context_rms/L0": tensor[h], "sink_mass/L0": tensor[query heads]}
 
-Per layer i (keys end in /L{i}):
-- lambda_mean, lambda_std: DIFF V2's effective lambda per token and head (sigmoid(x W_lambda), or the raw
-  projection for lambda_mode=linear); DIFF V1's scalar lambda (std 0). Absent for baseline and lambda none.
-- act_max: max |activation| of the block's output (the residual stream).
-- context_rms, context_rms_min, context_rms_max: RMS over the head width of each head's attention output
-  before o_proj, averaged over tokens; the layer's mean over heads and its min / max over heads.
-- qk_logit_max: the largest scaled logit q.k / sqrt(d) over causal query-key pairs and all query heads.
-- sink_mass: attention probability on the first token, averaged over query positions >= 1 and over every
-  softmax map (DIFF V2's 2h maps, V1's sub-head maps).
-Overall: act_max/max, qk_logit_max/max, context_rms/mean, sink_mass/mean, lambda_mean/mean.
+Per layer i (keys end in /L{i}); what the blog predicts in brackets:
+- context_rms, context_rms_min, context_rms_max: each output head's context RMS *relative to the values it
+  reads*: RMS over the head width of its output before o_proj (DIFF V1: before its per-head RMSNorm), divided
+  by sqrt(sum_t' p(t, t') * mean(v_t'^2)), the attention-weighted RMS of the values its softmax map(s) read
+  (the mean of its two maps for a DIFF head), per query t; then the mean over tokens. Mean over heads, and
+  the min / max over heads. [softmax attention: within [1/sqrt(n), 1] for n attended tokens (1 is exact:
+  an average of vectors is never longer than their RMS); DIFF V2: (0, sqrt(2)), a head can output ~0;
+  diff_v2_no_lambda: much smaller at init, as a1 ~ a2.]
+- sink_mass, sink_mass_max: attention probability on the first token from the later half of the query
+  positions (t >= N/2) of each softmax map (DIFF V2's 2h maps, V1's sub-head maps, the baseline's heads),
+  mean and max over maps. [a uniform map reads ~1/t there, a sink head ~1; the blog: DIFF V2 needs no sink.]
+- act_max, act_ratio: max |x| and max |x| / RMS(x) of the block's output (the residual stream) over the
+  whole batch: the activation outlier. [DIFF V2: smaller than the baseline's.]
+- qk_logit_max: the largest scaled logit q.k / sqrt(d) over causal pairs and query heads. [DIFF V2: smaller]
+- lambda_mean, lambda_std: DIFF V2's lambda per token and head (sigmoid(x W_lambda), or the raw projection for
+  lambda_mode=linear); DIFF V1's scalar lambda (std 0). Absent for the baseline and lambda_mode=none.
+Overall: act_max/max, act_ratio/max, qk_logit_max/max, context_rms/mean, context_rms_min/min,
+context_rms_max/max, sink_mass/mean, sink_mass_max/max, lambda_mean/mean.
 
 Only module hooks are used, so this works when every block is wrapped by FSDP2 (parameters are unsharded
-inside the block's forward, where the hooks run). The qk statistics recompute the attention maps explicitly,
-one head at a time, on the first `max_batch` sequences only. Values stay tensors until summary(), so the
-hooks add no device synchronisation.
+inside the block's forward, where the hooks run). The attention statistics (context RMS, sinks, qk logits)
+recompute the softmax maps explicitly, one head at a time, on the first `max_batch` sequences only. Values
+stay tensors until summary(), so the hooks add no device synchronisation.
 """
 
 from __future__ import annotations
@@ -29,7 +38,23 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from model.attention import DiffV1Attention
 from model.transformer import TransformerBlock
+
+MAX_STATS = ("act_max", "act_ratio", "qk_logit_max")
+"""Statistics reduced by their maximum over forwards (the others: mean)."""
+PER_HEAD = ("context_rms", "sink_mass")
+"""Statistics recorded per head; the summary reduces them over heads per layer."""
+
+
+def output_head_maps(attn: nn.Module, n_maps: int) -> list[list[int]]:
+    """For each output head (o_proj's input heads), the softmax maps (query heads) it combines."""
+    n_out = attn.n_out_heads
+    if n_maps == n_out:  # baseline: one map per head
+        return [[j] for j in range(n_out)]
+    if getattr(attn, "pairing", "grouped") == "cross_group":  # DIFF V2 ablation 1: heads j and h + j
+        return [[j, n_out + j] for j in range(n_out)]
+    return [[2 * j, 2 * j + 1] for j in range(n_out)]  # DIFF V2 and V1: adjacent heads (sub-heads)
 
 
 class DiagnosticsRecorder:
@@ -42,32 +67,38 @@ class DiagnosticsRecorder:
         self.max_batch = max_batch
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._records: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._context: dict[int, torch.Tensor] = {}
+        """Layer -> its head outputs of the forward in flight, [B, N, heads, width]."""
 
     def __enter__(self) -> DiagnosticsRecorder:
         for block in self.blocks:
-            i = block.layer_idx
+            i, attn = block.layer_idx, block.attention
             self._handles.append(block.register_forward_hook(self._block_hook(i)))
-            self._handles.append(block.attention.register_forward_hook(self._attention_hook(i)))
-            attn = block.attention
-            self._handles.append(attn.o_proj.register_forward_pre_hook(self._context_hook(i, attn)))
+            # V1's head output is read before its per-head RMSNorm, which would pin its RMS near the weight.
+            before_o = attn.subln if isinstance(attn, DiffV1Attention) else attn.o_proj
+            self._handles.append(before_o.register_forward_pre_hook(self._context_hook(i, attn)))
+            self._handles.append(attn.register_forward_hook(self._attention_hook(i)))
         return self
 
     def __exit__(self, *exc: object) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._context.clear()
 
     def _block_hook(self, i: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            self._records[f"act_max/L{i}"].append(output.detach().abs().amax().float())
+            x = output.detach().float()
+            peak = x.abs().amax()
+            self._records[f"act_max/L{i}"].append(peak)
+            self._records[f"act_ratio/L{i}"].append(peak / x.pow(2).mean().sqrt().clamp(min=1e-30))
 
         return hook
 
     def _context_hook(self, i: int, attn: nn.Module):
-        def hook(o_proj: nn.Module, args: tuple) -> None:
-            x = args[0].detach().float().unflatten(-1, (attn.n_out_heads, attn.out_head_dim))
-            per_head = x.pow(2).mean(-1).sqrt().flatten(0, -2).mean(0)  # [heads]
-            self._records[f"context_rms/L{i}"].append(per_head)
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0][: self.max_batch].detach().float()
+            self._context[i] = x.reshape(*x.shape[:2], attn.n_out_heads, attn.out_head_dim)
 
         return hook
 
@@ -75,57 +106,93 @@ class DiagnosticsRecorder:
         def hook(attn: nn.Module, args: tuple, output: torch.Tensor) -> None:
             x, rel_pos = args[0], args[1]
             cache = args[2] if len(args) > 2 else None
+            context = self._context.pop(i, None)
             with torch.no_grad():
                 lam = attn.lambda_values(x)
                 if lam is not None:
                     lam = lam.detach().float()
                     self._records[f"lambda_mean/L{i}"].append(lam.mean())
                     self._records[f"lambda_std/L{i}"].append(lam.std(correction=0))
-                if cache is None and x.shape[1] > 1:  # decoding steps have their keys in the cache
-                    qk_max, sink = self._qk_stats(attn, x[: self.max_batch], rel_pos)
-                    self._records[f"qk_logit_max/L{i}"].append(qk_max)
-                    self._records[f"sink_mass/L{i}"].append(sink)
+                if cache is None and x.shape[1] > 1 and context is not None:  # decoding: keys in the cache
+                    stats = self._map_stats(attn, x[: self.max_batch], rel_pos, context)
+                    for name, value in stats.items():
+                        self._records[f"{name}/L{i}"].append(value)
 
         return hook
 
     @staticmethod
-    def _qk_stats(attn: nn.Module, x: torch.Tensor, rel_pos) -> tuple[torch.Tensor, torch.Tensor]:
+    def _map_stats(
+        attn: nn.Module, x: torch.Tensor, rel_pos, context: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """qk_logit_max, sink_mass per map and context_rms per output head, from explicit softmax maps."""
         q, k = attn.rotated_qk(x, rel_pos)  # [B, N, Hq, d] each, k already per query head
-        n, d = q.shape[1], q.shape[-1]
+        v = attn.v_proj(x).float()
+        v = v.reshape(*v.shape[:2], -1, attn.out_head_dim)  # [B, N, value heads, width]
+        n, d, n_maps = q.shape[1], q.shape[-1], q.shape[2]
+        v_power = v.pow(2).mean(-1)  # [B, N, value heads]: mean square of each value vector
+        maps_per_value = n_maps // v.shape[2]  # query head h reads value head h // maps_per_value
         causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-        maxima, sinks = [], []
-        for head in range(q.shape[2]):  # one [B, N, N] map at a time keeps memory at B * N^2
+        later = max(1, n // 2)  # "later" queries: the second half; position 0 can only read itself
+        maxima, sinks, read_power = [], [], []
+        for head in range(n_maps):  # one [B, N, N] map at a time keeps memory at B * N^2
             logits = q[:, :, head].float() @ k[:, :, head].float().transpose(1, 2) / math.sqrt(d)
             logits = logits.masked_fill(~causal, float("-inf"))
             maxima.append(logits.amax())
-            sinks.append(torch.softmax(logits, dim=-1)[:, 1:, 0].mean())
-        return torch.stack(maxima).amax(), torch.stack(sinks).mean()
+            probs = torch.softmax(logits, dim=-1)
+            sinks.append(probs[:, later:, 0].mean())
+            read_power.append(probs @ v_power[:, :, head // maps_per_value, None])  # [B, N, 1]
+        read = torch.cat(read_power, dim=-1)  # [B, N, maps]
+        out_rms = context.pow(2).mean(-1).sqrt()  # [B, N, out heads]
+        ratios = []
+        for j, maps in enumerate(output_head_maps(attn, n_maps)):
+            values_rms = read[..., maps].mean(-1).sqrt().clamp(min=1e-30)
+            ratios.append((out_rms[..., j] / values_rms).mean())
+        return {
+            "qk_logit_max": torch.stack(maxima).amax(),
+            "sink_mass": torch.stack(sinks),
+            "context_rms": torch.stack(ratios),
+        }
+
+    def per_head(self) -> dict[str, torch.Tensor]:
+        """`<stat>/L<i>` -> one value per head (output heads for context_rms, softmax maps for sink_mass),
+        the mean over the forwards recorded."""
+        return {
+            key: torch.stack(values).mean(0).cpu()
+            for key, values in self._records.items()
+            if key.split("/")[0] in PER_HEAD
+        }
 
     def summary(self) -> dict[str, float]:
-        """Flat `diag/<stat>/L<i>` floats plus overall maxima / means; maxima over forwards for the max
-        statistics, means over forwards for the others."""
+        """Flat `diag/<stat>/L<i>` floats plus overall figures; maxima over forwards for act_max, act_ratio,
+        qk_logit_max, means over forwards for the others; per-head statistics reduced over heads."""
         out: dict[str, float] = {}
         for key, values in self._records.items():
             stat, layer = key.split("/")
-            if stat == "context_rms":
+            if stat in PER_HEAD:
                 per_head = torch.stack(values).mean(0)
-                out[f"diag/context_rms/{layer}"] = per_head.mean().item()
-                out[f"diag/context_rms_min/{layer}"] = per_head.min().item()
-                out[f"diag/context_rms_max/{layer}"] = per_head.max().item()
-            elif stat in ("act_max", "qk_logit_max"):
+                out[f"diag/{stat}/{layer}"] = per_head.mean().item()
+                out[f"diag/{stat}_max/{layer}"] = per_head.max().item()
+                if stat == "context_rms":
+                    out[f"diag/context_rms_min/{layer}"] = per_head.min().item()
+            elif stat in MAX_STATS:
                 out[f"diag/{key}"] = torch.stack(values).amax().item()
             else:
                 out[f"diag/{key}"] = torch.stack(values).mean().item()
         for stat, reduce in (
-            ("act_max", max),
-            ("qk_logit_max", max),
-            ("context_rms", _mean),
-            ("sink_mass", _mean),
-            ("lambda_mean", _mean),
+            ("act_max", "max"),
+            ("act_ratio", "max"),
+            ("qk_logit_max", "max"),
+            ("context_rms", "mean"),
+            ("context_rms_min", "min"),
+            ("context_rms_max", "max"),
+            ("sink_mass", "mean"),
+            ("sink_mass_max", "max"),
+            ("lambda_mean", "mean"),
         ):
             per_layer = [v for k, v in out.items() if k.startswith(f"diag/{stat}/L")]
             if per_layer:
-                out[f"diag/{stat}/{'max' if reduce is max else 'mean'}"] = float(reduce(per_layer))
+                value = {"max": max, "min": min, "mean": _mean}[reduce](per_layer)
+                out[f"diag/{stat}/{reduce}"] = float(value)
         return out
 
 

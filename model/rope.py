@@ -28,13 +28,17 @@ def rope_tables(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates x [B, N, H, d] by the tables' rows for its N positions ([N, d/2] each).
+    """Rotates x [B, N, H, d] by the tables' rows for its N positions: [N, d/2] each (one set of positions
+    for every row), or [B', N, d/2] with B' >= B (per-row positions, e.g. restarting at each document; the
+    first B rows are used, so a caller may rotate a slice of the batch).
 
     Computed in float32 (at least) and cast back, so bf16 activations keep accurate angles.
     """
     dtype = torch.promote_types(x.dtype, torch.float32)
     pairs = x.to(dtype).unflatten(-1, (-1, 2))
     x0, x1 = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[:, None, :].to(dtype), sin[:, None, :].to(dtype)
+    if cos.dim() == 3:
+        cos, sin = cos[: x.shape[0]], sin[: x.shape[0]]
+    cos, sin = cos.unsqueeze(-2).to(dtype), sin.unsqueeze(-2).to(dtype)
     rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return rotated.flatten(-2).to(x.dtype)

@@ -24,8 +24,10 @@ from torch import nn
 
 from model.attention import Rope, build_attention
 from model.config import ModelConfig, validate_model_config
+from model.documents import Documents, build_documents, document_positions
 from model.flops import flops_per_token
 from model.generate import generate
+from model.kernel import flash_available
 from model.kv_cache import KVCache
 from model.rope import rope_tables
 
@@ -54,8 +56,10 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.feed_forward = FeedForward(cfg.d_model, cfg.ffn_hidden)
 
-    def forward(self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), rel_pos, cache)
+    def forward(
+        self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None, docs: Documents | None = None
+    ) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), rel_pos, cache, docs)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -65,6 +69,11 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         validate_model_config(cfg)
+        if cfg.doc_mask and cfg.eot_token < 0:
+            raise ValueError(
+                "model.doc_mask=true needs model.eot_token, the end-of-text token id that ends each document "
+                "(python -m train takes it from the dataset)"
+            )
         self.cfg = cfg
         # Module constructors draw their own default inits; discard those draws so that the weights depend
         # only on the RNG state when init_weights() runs: same seed -> same weights, direct or meta.
@@ -111,11 +120,22 @@ class Transformer(nn.Module):
         if start + n > self.cfg.max_seq_len:
             raise ValueError(f"{start + n} tokens exceed model.max_seq_len={self.cfg.max_seq_len}")
         rel_pos = (self.rope_cos[start : start + n], self.rope_sin[start : start + n])
+        docs = self._documents(tokens) if self.cfg.doc_mask and not caches else None
+        if docs is not None and self.cfg.doc_positions:
+            positions = document_positions(docs.ids)  # [B, N]: RoPE restarts at every document
+            rel_pos = (self.rope_cos[positions], self.rope_sin[positions])
         h = self.tok_embeddings(tokens)
         for i, layer in enumerate(self.layers):
-            h = layer(h, rel_pos, caches[i] if caches else None)
+            h = layer(h, rel_pos, caches[i] if caches else None, docs)
         h = self.norm(h)
         return F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
+
+    def _documents(self, tokens: torch.Tensor) -> Documents:
+        """The window's document boundaries, once per forward, in the form the kernel will take: flash-attn's
+        segments where it may run (CUDA, package present), else SDPA's mask."""
+        impl = self.cfg.attn_impl
+        varlen = impl == "flash" or (impl == "auto" and tokens.is_cuda and flash_available())
+        return build_documents(tokens, self.cfg.eot_token, for_varlen=varlen)
 
     def new_kv_caches(self, batch: int, max_len: int) -> list[KVCache]:
         """One empty cache per layer, on the model's device and in its parameter dtype."""

@@ -81,6 +81,10 @@ class RunInfo:
     """Run directory, shared by all ranks: config, metrics.jsonl, checkpoints, wandb files."""
     seed: int = 0
     """Seed of the model init, data order and dropout-free RNG streams."""
+    overwrite: bool = False
+    """A fresh start into a run dir that holds another run's checkpoints or metrics (or a resume from an
+    older step than its newest checkpoint) is refused; true moves that output aside to
+    <run.dir>/replaced/<UTC time>/ first (nothing is deleted)."""
 
 
 @dataclass
@@ -105,14 +109,21 @@ class TrainerConfig:
     """Micro-batches per rank in one validation pass."""
     diag_interval: int = 50
     """Steps between DIFF diagnostics (lambda stats, activation maxima, context RMS, qk-logits, sink mass)."""
-    spike_factor: float = 3.0
-    """A loss or grad norm above this multiple of its running median counts as a spike."""
+    loss_spike_jump: float = 0.03
+    """A loss spike exceeds the loss's recent level (median of the last 5 steps) by more than this fraction
+    of it, and by loss_spike_deviations robust stds; see train/spikes.py."""
+    loss_spike_deviations: float = 6.0
+    """A loss spike exceeds the recent level by more than this many robust stds of the per-step noise
+    (1.4826 * MAD of the differences over spike_window steps): small batches' noise does not count."""
+    grad_spike_factor: float = 2.0
+    """A grad-norm spike exceeds this multiple of the grad norm's recent level (median of the last 5)."""
     detect_anomaly_nan: bool = True
     """Stop on a NaN or inf loss (never checkpointed)."""
     peak_tflops: float = 0.0
     """Peak dense bf16 TFLOP/s of one device for MFU; 0: table (A100/H100/H200/B200), else no MFU."""
-    spike_window: int = 50
-    """Steps in the running median that loss and grad-norm spikes are measured against."""
+    spike_window: int = 100
+    """Steps over which the per-step noise of the loss (for loss_spike_deviations) is measured; the level a
+    spike is compared with is the median of the last 5 steps (train/spikes.py)."""
     stop_at_step: int = 0
     """Checkpoint and exit cleanly after this step, keeping max_steps' LR schedule (0: run to max_steps); a
     later job with checkpoint.resume=auto continues. For time-sliced jobs and tests."""
@@ -175,6 +186,12 @@ class CheckpointConfig:
     """Complete checkpoints kept; older ones are deleted."""
     resume: str = "auto"
     """auto (latest complete checkpoint in run.dir) | none | a checkpoint path."""
+    verify: bool = True
+    """Check the sha256 of every checkpoint file (written at save) before loading it; false loads a
+    checkpoint without checksums.json (older ones) unverified."""
+    fallback: bool = False
+    """resume=auto: when the latest checkpoint fails verification, rename it step_X.corrupt and resume from
+    the previous complete one (false: stop, naming the corrupt file)."""
     async_save: bool = False
     """Save in the background on its own gloo process group."""
     export_safetensors: bool = True

@@ -194,7 +194,7 @@ class Trainer:
             self.parts.model(inputs)
         return rec.summary()
 
-    def _train_row(self, step: int, result: StepResult, loss_spike: bool, grad_spike: bool) -> Row:
+    def _train_row(self, step: int, result: StepResult) -> Row:
         """The metrics row of a logged step; throughput covers the steps since the previous row."""
         counters = self.parts.counters
         tokens_per_s = self._window_tokens / self._window_s
@@ -210,10 +210,12 @@ class Trainer:
             "mfu": mfu(self.flops_per_token, per_device, self.peak),
             "peak_mem_gb": peak_memory_gb(self.device),
             "tokens_seen": counters.tokens_seen,
-            "loss_spike": loss_spike,
-            "grad_spike": grad_spike,
+            # spikes in the steps since the previous row (train/spikes.py), then the totals
+            "loss_spike": counters.loss_spikes.take_pending(),
+            "grad_spike": counters.grad_spikes.take_pending(),
             "loss_spikes": counters.loss_spikes.count,
             "grad_spikes": counters.grad_spikes.count,
+            **self.parts.train_loader.metrics(),  # a mixture's tokens and epochs per source
         }
 
     def _stop_reason(self, step: int) -> str | None:
@@ -229,11 +231,11 @@ class Trainer:
         parts, trainer, counters = self.parts, self.cfg.trainer, self.parts.counters
         counters.step, counters.tokens_seen = step, counters.tokens_seen + trainer.global_batch_tokens
         self._window_tokens += trainer.global_batch_tokens
-        loss_spike = counters.loss_spikes.update(result.loss)
-        grad_spike = counters.grad_spikes.update(result.grad_norm)
+        counters.loss_spikes.update(result.loss)
+        counters.grad_spikes.update(result.grad_norm)
         row = None
         if step % trainer.log_interval == 0 or step in (first_step, trainer.max_steps):
-            row = self._train_row(step, result, loss_spike, grad_spike)
+            row = self._train_row(step, result)
             parts.logger.log(row)
         if trainer.diag_interval and step % trainer.diag_interval == 0:
             parts.logger.log({"step": step, **self.diagnostics()})

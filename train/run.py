@@ -10,14 +10,16 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from conf import RunConfig
-from data import TokenLoader, ensure_dataset
-from train.checkpoint import Checkpointer, complete_checkpoints, resolve_resume
+from data.loader import StreamLoader
+from data.mixture import build_loader, ensure_data
+from train.checkpoint import Checkpointer, complete_checkpoints
 from train.export import export_model
 from train.loop import LoopParts, RunResult, Trainer, TrainingDiverged
 from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, Sink, WandbSink
 from train.optim import LRSchedule, build_optimizer
 from train.parallel import DistInfo, build_model, from_rank0, init_distributed, shutdown_distributed
-from train.spikes import SpikeCounter
+from train.rundir import choose_resume, hold_run_dir, rank0_decides
+from train.spikes import spike_counters
 from train.state import Counters, TrainState
 from train.validate import ConfigError, grad_accum_steps
 
@@ -36,32 +38,33 @@ def _agree_run_dir(run_dir: str, info: DistInfo) -> None:
         )
 
 
-def _prepare_data(cfg: RunConfig, info: DistInfo) -> Path:
-    """Rank 0 prepares the tokenizer and shards when missing; the others wait, then share its verdict."""
+def _prepare_data(cfg: RunConfig, info: DistInfo) -> None:
+    """Rank 0 prepares the tokenizer and shards when missing (a mixture's sources: checks them); the others
+    wait, then share its verdict."""
     error = None
     if info.is_main:
         try:
-            ensure_dataset(cfg.data)
+            ensure_data(cfg.data)
         except Exception as err:  # every rank must learn of it, or the others wait forever
             error = f"{type(err).__name__}: {err}"
     error = from_rank0(error, info)
     if error is not None:
-        raise DatasetUnavailable(f"data.dir={cfg.data.dir}: {error}")
-    return Path(cfg.data.dir)
+        where = "data.mixture" if cfg.data.mixture else f"data.dir={cfg.data.dir}"
+        raise DatasetUnavailable(f"{where}: {error}")
 
 
-def _loader(cfg: RunConfig, info: DistInfo, dataset_dir: Path, split: str) -> TokenLoader:
+def _loader(cfg: RunConfig, info: DistInfo, split: str) -> StreamLoader:
     """This rank's slice of the global stream: shuffled for train, in order (reset per eval) for val."""
-    return TokenLoader(
-        dataset_dir,
+    t = cfg.trainer
+    return build_loader(
+        cfg.data,
         split,
-        seq_len=cfg.trainer.seq_len,
-        micro_batch=cfg.trainer.micro_batch,
-        rank=info.rank,
-        world_size=info.world_size,
-        seed=cfg.run.seed,
+        t.seq_len,
+        t.micro_batch,
+        info.rank,
+        info.world_size,
+        cfg.run.seed,
         shuffle=split == "train",
-        prefetch=cfg.data.prefetch,
         pin_memory=info.device.type == "cuda",
         verify=cfg.data.verify_shards,
     )
@@ -86,7 +89,8 @@ def run_training(cfg: RunConfig, config_yaml: str) -> RunResult:
     """Runs the whole job on this rank; returns how it ended (rank 0's metrics)."""
     info = init_distributed(cfg.parallel, cfg.trainer.device)
     try:
-        return _run(cfg, config_yaml, info)
+        with hold_run_dir(cfg.run, info):
+            return _run(cfg, config_yaml, info)
     finally:
         shutdown_distributed()
 
@@ -97,29 +101,32 @@ def _build_parts(
     """Data, model, optimizer and the saved state (resumed when a checkpoint is found); also the checkpoint
     resumed from."""
     t = cfg.trainer
-    dataset_dir = _prepare_data(cfg, info)
-    train_loader = _loader(cfg, info, dataset_dir, "train")
-    val_loader = _loader(cfg, info, dataset_dir, "val")
+    _prepare_data(cfg, info)
+    train_loader = _loader(cfg, info, "train")
+    val_loader = _loader(cfg, info, "val")
     if train_loader.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's vocabulary "
             f"({train_loader.vocab_size}, data.tokenizer); raise model.vocab_size"
         )
+    if cfg.model.doc_mask:  # documents end at the dataset's end-of-text token
+        if cfg.model.eot_token < 0:
+            cfg.model.eot_token = train_loader.eot_token
+        elif cfg.model.eot_token != train_loader.eot_token:
+            raise ConfigError(
+                f"model.eot_token={cfg.model.eot_token} but the dataset's tokenizer ends documents with "
+                f"{train_loader.eot_token}; leave model.eot_token=-1 to take it from the dataset"
+            )
     model, raw_model = build_model(cfg.model, cfg.parallel, info, cfg.run.seed)
     optimizer = build_optimizer(model, cfg.optim, info.device)
     schedule = LRSchedule(optimizer, cfg.optim, t.max_steps)
-    counters = Counters(
-        config_yaml=config_yaml,
-        loss_spikes=SpikeCounter(t.spike_factor, t.spike_window),
-        grad_spikes=SpikeCounter(t.spike_factor, t.spike_window),
-    )
+    loss_spikes, grad_spikes = spike_counters(t)
+    counters = Counters(config_yaml=config_yaml, loss_spikes=loss_spikes, grad_spikes=grad_spikes)
     state = TrainState(
         model, optimizer, schedule, train_loader, counters, cfg.data.allow_fingerprint_mismatch
     )
     checkpointer = Checkpointer(cfg.checkpoint, run_dir / "checkpoints", info)
-    resume = from_rank0(
-        resolve_resume(cfg.checkpoint.resume, checkpointer.root) if info.is_main else None, info
-    )
+    resume = rank0_decides(lambda: choose_resume(cfg), info)
     if resume is not None:
         checkpointer.load(state, resume)
         counters.config_yaml = config_yaml  # later checkpoints carry the config they were written under

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from conf.schema import ConfigError, RunConfig, check_choices
-from train.config import Fused
+from train.config import Fused, TrainerConfig
 
 __all__ = ["ConfigError", "grad_accum_steps", "validate_run_config"]
 
@@ -19,6 +19,20 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
     # NaN compares false with everything, so it must be named before the sign is checked.
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key}={value} must be a finite number {'>= 0' if allow_zero else '> 0'}")
+
+
+def _spike_settings(t: TrainerConfig) -> None:
+    """The spike detector's limits (train/spikes.py): a window to measure noise over, thresholds >= 0."""
+    from train.spikes import MIN_HISTORY
+
+    if t.spike_window < MIN_HISTORY:
+        raise ConfigError(f"trainer.spike_window={t.spike_window} must be >= {MIN_HISTORY} steps")
+    _positive("trainer.loss_spike_jump", t.loss_spike_jump, allow_zero=True)
+    _positive("trainer.loss_spike_deviations", t.loss_spike_deviations, allow_zero=True)
+    if t.grad_spike_factor < 1.0:
+        raise ConfigError(
+            f"trainer.grad_spike_factor={t.grad_spike_factor} must be >= 1 (a multiple of the median)"
+        )
 
 
 def grad_accum_steps(cfg: RunConfig, world_size: int) -> int:
@@ -46,7 +60,6 @@ def validate_run_config(cfg: RunConfig, world_size: int) -> None:
         ("trainer.log_interval", trainer.log_interval),
         ("trainer.eval_batches", trainer.eval_batches),
         ("trainer.spike_window", trainer.spike_window),
-        ("trainer.spike_factor", trainer.spike_factor),
         ("optim.lr", optim.lr),
         ("optim.eps", optim.eps),
         ("checkpoint.keep_last", ckpt.keep_last),
@@ -67,6 +80,7 @@ def validate_run_config(cfg: RunConfig, world_size: int) -> None:
             raise ConfigError(f"{key}={value} must lie in [0, 1) (an AdamW moment decay)")
     if str(optim.fused).lower() not in list(Fused):
         raise ConfigError(f"optim.fused={optim.fused!r} is not one of {[f.value for f in Fused]}")
+    _spike_settings(trainer)
     if parallel.activation_checkpointing == "every_k":
         _positive("parallel.ac_every", parallel.ac_every)
     if not 0.0 <= optim.min_lr_ratio <= 1.0:

@@ -103,8 +103,15 @@ def test_choice_outside_its_enum_is_refused_at_composition(hydra_conf, override:
         (["launch=bogus"], ["launch/bogus", "multinode"]),
         (["launch=slurm"], ["launch: error: launch.slurm.partition is required"]),
         (["+experiment=lr_stability"], ["add --multirun"]),
+        (["run.name=../escaped"], ["run.name='../escaped' must be a relative name without '..'"]),
     ],
-    ids=["unknown-option", "unknown-launch-preset", "slurm-without-partition", "experiment-without-multirun"],
+    ids=[
+        "unknown-option",
+        "unknown-launch-preset",
+        "slurm-without-partition",
+        "experiment-without-multirun",
+        "run-name-outside-runs",
+    ],
 )
 def test_cli_refuses_bad_input_before_starting_torchrun(
     args: list[str], needles: list[str], tmp_path: Path, run_launch

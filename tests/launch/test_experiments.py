@@ -22,36 +22,48 @@ def composed(trial: list[str]):
     return compose("config", overrides=trial)
 
 
-@pytest.mark.parametrize(
-    ("experiment", "names"),
-    [
-        (
-            "diff_v2_vs_baseline",
-            [
-                "0-attention-baseline",
-                "1-attention-baseline_1p5h",
-                "2-attention-baseline_2h",
-                "3-attention-diff_v1",
-                "4-attention-diff_v2",
-            ],
-        ),
-        (
-            "lr_stability",
-            [
-                "0-lr-0.0006_attention-baseline",
-                "1-lr-0.0006_attention-diff_v2",
-                "2-lr-0.001_attention-baseline",
-                "3-lr-0.001_attention-diff_v2",
-            ],
-        ),
-    ],
-)
-def test_experiment_sweeps_its_trials_and_each_validates_at_model_tiny(
-    hydra_conf, experiment: str, names: list[str], tmp_path: Path
+def names(values: dict[str, list[str]]) -> list[str]:
+    """Trial names of a sweep over these keys (the first varies slowest), as launch names them."""
+    import itertools
+
+    combos = itertools.product(*values.values())
+    keys = [k.rsplit(".", 1)[-1] for k in values]
+    return [
+        f"{i}-" + "_".join(f"{k}-{v}" for k, v in zip(keys, c, strict=True)) for i, c in enumerate(combos)
+    ]
+
+
+SEEDS = ["0", "1", "2"]
+RECIPES = {
+    "diff_v2_vs_baseline": {
+        "seed": SEEDS,
+        "attention": ["baseline", "baseline_1p5h", "baseline_2h", "diff_v1", "diff_v2"],
+    },
+    "ablations": {
+        "seed": SEEDS,
+        "attention": [
+            "diff_v2",
+            "diff_v2_cross_group",
+            "diff_v2_no_lambda",
+            "diff_v2_linear_lambda",
+            "baseline_1p5h",
+        ],
+    },
+    "lr_stability": {
+        "seed": SEEDS,
+        "lr": ["0.003", "0.01", "0.03", "0.1"],
+        "attention": ["baseline", "diff_v1", "diff_v2"],
+    },
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(RECIPES))
+def test_experiment_sweeps_its_trials_over_seeds_and_each_validates_at_model_tiny(
+    hydra_conf, experiment: str, tmp_path: Path
 ) -> None:
     trials = trials_of(experiment)
-    assert [t.name for t in plan_sweep(tmp_path, trials).trials] == names
-    for trial in trials:
+    assert [t.name for t in plan_sweep(tmp_path, trials).trials] == names(RECIPES[experiment])
+    for trial in trials[:: len(SEEDS)]:
         cfg = composed(trial)
         assert cfg.model.name == "tiny"
         validate_config(cfg, gpus=0)
@@ -59,6 +71,7 @@ def test_experiment_sweeps_its_trials_and_each_validates_at_model_tiny(
 
 def test_diff_v2_vs_baseline_changes_only_the_attention(hydra_conf) -> None:
     configs = [OmegaConf.to_container(composed(t), resolve=True) for t in trials_of("diff_v2_vs_baseline")]
+    configs = [c for c in configs if c["run"]["seed"] == 0]
     variants = [(c["model"]["attention"], c["model"]["baseline_head_factor"]) for c in configs]
     assert variants == [
         ("baseline", 1.0),

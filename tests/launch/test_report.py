@@ -113,6 +113,8 @@ def test_report_writes_a_png_per_metric_and_prints_the_table(
         "lambda_mean.png",
         "lambda_std.png",
         "act_max.png",
+        "loss_spikes.png",
+        "grad_spikes.png",
     } == names
     assert all((out / n).read_bytes().startswith(PNG_MAGIC) for n in names)
     printed = capsys.readouterr().out

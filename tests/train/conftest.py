@@ -6,8 +6,11 @@ against (a straight 12-step FSDP run, one stopped at step 6) are made once and c
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import shutil
 import signal
 import subprocess
@@ -95,6 +98,26 @@ def _train(
     return proc
 
 
+def _in_process(run_dir: Path | None, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m train` on the tiny config, in this process (no interpreter start-up, no torch import):
+    for jobs that need no process of their own. run_dir=None leaves run.dir to its default (runs/<name>)."""
+    argv = [
+        a for a in _command(run_dir or Path("."), *overrides)[3:] if run_dir or not a.startswith("run.dir=")
+    ]
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, sys.argv = sys.argv, ["train", *argv]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            # As `python -m train` runs it: Hydra finds conf/ relative to a __main__ script only.
+            runpy.run_module("train", run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -116,6 +139,7 @@ class Jobs:
     tiny_model = TINY_MODEL
     command = staticmethod(_command)
     train = staticmethod(_train)
+    in_process = staticmethod(_in_process)
     metrics = staticmethod(_metrics)
     train_rows = staticmethod(_train_rows)
     copy_run = staticmethod(_copy_run)
@@ -159,4 +183,14 @@ def fsdp_stopped_at_6(tmp_path_factory: pytest.TempPathFactory, data_root: Path)
     """The same job stopped after step 6 (schedule still for 12), checkpoints written in the background."""
     run_dir = tmp_path_factory.mktemp("runs") / "stopped"
     _train(run_dir, "parallel=fsdp", "trainer.stop_at_step=6", "checkpoint.async_save=true", nproc=2)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def saved_6_steps(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """6 steps of tiny diff_v2 in this process: checkpoints at steps 3 and 6, metrics for steps 1-6 (copy
+    it before changing anything)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "saved_6_steps"
+    proc = _in_process(run_dir, "trainer.max_steps=6", "trainer.eval_interval=0", "trainer.diag_interval=0")
+    assert proc.returncode == 0, proc.stderr
     return run_dir

@@ -1,4 +1,4 @@
-"""Spike counting, checkpoint discovery and value validation: the pieces the end-to-end tests rely on."""
+"""Checkpoint discovery and value validation: the pieces the end-to-end tests rely on."""
 
 from __future__ import annotations
 
@@ -7,26 +7,9 @@ from pathlib import Path
 import pytest
 
 from conf import RunConfig
-from train.checkpoint import complete_checkpoints, resolve_resume
-from train.spikes import SpikeCounter
+from train.checkpoint import CheckpointError, complete_checkpoints, resolve_resume
+from train.checksums import write_checksums
 from train.validate import ConfigError, grad_accum_steps, validate_run_config
-
-
-def test_spike_is_k_times_running_median():
-    counter = SpikeCounter(factor=3.0, window=50)
-    for _ in range(20):
-        assert not counter.update(1.0)
-    assert not counter.update(2.9)
-    assert counter.update(3.5)
-    assert counter.count == 1
-    restored = SpikeCounter(3.0, 50)
-    restored.load_state_dict(counter.state_dict())
-    assert restored.update(10.0) and restored.count == 2
-
-
-def test_no_spikes_before_history_fills():
-    counter = SpikeCounter(factor=2.0, window=50)
-    assert not any(counter.update(v) for v in (1.0, 100.0, 1.0, 100.0))
 
 
 def _fake_checkpoint(root: Path, name: str, complete: bool) -> Path:
@@ -35,6 +18,7 @@ def _fake_checkpoint(root: Path, name: str, complete: bool) -> Path:
     (path / "__0_0.distcp").write_bytes(b"x")
     if complete:
         (path / ".metadata").write_bytes(b"x")
+        write_checksums(path)
     return path
 
 
@@ -47,7 +31,7 @@ def test_resume_auto_picks_latest_complete(tmp_path):
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_00000003", "step_00000006"]
     assert resolve_resume("none", tmp_path) is None
     assert resolve_resume("auto", tmp_path / "missing") is None
-    with pytest.raises(FileNotFoundError, match="checkpoint.resume"):
+    with pytest.raises(CheckpointError, match=r"no \.metadata; checkpoint\.resume"):
         resolve_resume(str(tmp_path / "step_00000009"), tmp_path)
 
 
@@ -69,6 +53,10 @@ def test_grad_accum_derived_from_global_batch():
         ("wandb.mode", "maybe", 1),
         ("trainer.seq_len", 4096, 1),
         ("parallel.mode", "single", 2),
+        ("trainer.spike_window", 5, 1),
+        ("trainer.loss_spike_jump", -0.1, 1),
+        ("trainer.loss_spike_deviations", float("nan"), 1),
+        ("trainer.grad_spike_factor", 0.5, 1),
     ],
 )
 def test_bad_values_name_their_field(key, value, world):
