@@ -6,7 +6,9 @@ step, LR schedule, loader, RNG, counters).
     torchrun --nproc_per_node=2 -m bench.checkpoint model=350m    # any Hydra overrides
 
 The ratio that matters is async/blocking: the time the training loop waits for a background save (it
-copies the state, then DCP writes on its own gloo group) over the time it waits for a blocking one.
+copies the state, then DCP writes on its own gloo group) over the time it waits for a blocking one. Also
+the cost of integrity: sha256 checksums written at save (part of both save times) and verified before a
+resume (rank 0, before the load), against the load alone.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from bench.config import compose_run_config
 from data import TokenLoader, ensure_dataset
 from train.checkpoint import Checkpointer
+from train.checksums import verify_checksums, write_checksums
 from train.optim import LRSchedule, build_optimizer
 from train.parallel import build_model, from_rank0, init_distributed, shutdown_distributed
 from train.state import Counters, TrainState
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as own_tmp:
             root = Path(from_rank0(own_tmp, info)) / "checkpoints"  # rank 0's: every rank writes there
             checkpointer = Checkpointer(cfg.checkpoint, root, info)
-            blocking, async_wait, async_total, load = [], [], [], []
+            blocking, async_wait, async_total, load, verify, checksum = [], [], [], [], [], []
             for i in range(ROUNDS):
                 blocking.append(_timed(lambda i=i: checkpointer.save(state, 2 * i + 1, "", block=True)))
                 start = time.perf_counter()
@@ -76,12 +79,18 @@ def main(argv: list[str] | None = None) -> None:
                 async_wait.append(time.perf_counter() - start)
                 checkpointer.wait()
                 async_total.append(time.perf_counter() - start)
-                load.append(_timed(lambda i=i: checkpointer.load(state, root / f"step_{2 * i + 2:08d}")))
+                path = root / f"step_{2 * i + 2:08d}"
+                if info.is_main:  # what a resume does on rank 0 before loading (train.rundir.choose_resume)
+                    verify.append(_timed(lambda path=path: verify_checksums(path)))
+                    checksum.append(_timed(lambda path=path: write_checksums(path)))
+                dist.barrier()
+                load.append(_timed(lambda path=path: checkpointer.load(state, path)))
             size = _du_gb(root / f"step_{2 * ROUNDS:08d}") if info.is_main else 0.0
             dist.barrier()
         loader.close()
         if info.is_main:
             _report(raw.num_params(), size, info.world_size, blocking, async_wait, async_total, load)
+            _report_integrity(size, load, verify, checksum)
     finally:
         shutdown_distributed()
 
@@ -99,6 +108,20 @@ def _report(params: int, size_gb: float, world: int, blocking, async_wait, async
     )
     print(f"load (resume):  {med(load):6.2f} s")
     print(f"ratio async wait / blocking wait: {med(async_wait) / med(blocking):.2f}  (lower is better)")
+
+
+def _report_integrity(size_gb: float, load: list, verify: list, checksum: list) -> None:
+    med = statistics.median
+    print(
+        f"checksums at save: {med(checksum):6.2f} s  (sha256 of {size_gb:.2f} GB, included in the save "
+        "times above)"
+    )
+    print(
+        f"resume verified: {med(verify) + med(load):6.2f} s  = verify {med(verify):.2f} s "
+        f"({size_gb / med(verify):.2f} GB/s) + load {med(load):.2f} s; checkpoint.verify=false: "
+        f"{med(load):.2f} s"
+    )
+    print(f"ratio verified / unverified resume: {(med(verify) + med(load)) / med(load):.2f}")
 
 
 if __name__ == "__main__":

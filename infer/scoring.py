@@ -87,8 +87,9 @@ def continuation_scores(
     logp = padded_log_softmax(model, inputs)
     out = []
     for row, tgt, n in zip(logp, targets, n_continuation, strict=True):
+        # n may be 0: a continuation the tokenizer merged into the context's last token adds no token
         cont = row[len(tgt) - n : len(tgt)]
-        expected = torch.tensor(tgt[-n:], device=row.device)
+        expected = torch.tensor(tgt[len(tgt) - n :], dtype=torch.long, device=row.device)
         logprob = cont.gather(1, expected[:, None]).sum().item()
         out.append((logprob, bool((cont.argmax(dim=-1) == expected).all())))
     return out

@@ -42,6 +42,9 @@ def launch_task(cfg: DictConfig) -> int:
         )
     try:
         validate_config(cfg)
+        from train.rundir import check_run_name  # torch-heavy: only once a launch gets this far
+
+        check_run_name(cfg.run.name)  # before the agent creates run.dir
     except ValueError as exc:
         return _fail(str(exc))
     overrides = train_overrides(task, extra)

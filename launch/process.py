@@ -7,6 +7,7 @@ job after another from the same process.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -43,6 +44,7 @@ def start(cmd: Sequence[str], env: Mapping[str, str], preempt: int) -> subproces
 
     def ignore_preempt() -> None:
         signal.signal(preempt, signal.SIG_IGN)
+        _terminate_with_parent()
 
     return subprocess.Popen(
         list(cmd),
@@ -51,6 +53,17 @@ def start(cmd: Sequence[str], env: Mapping[str, str], preempt: int) -> subproces
         stderr=subprocess.STDOUT,
         preexec_fn=ignore_preempt,
     )
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when the launcher dies, however it dies (even SIGKILL), so torchrun
+    stops its ranks (they checkpoint) instead of training on unsupervised. Linux only; elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def drain(proc: subprocess.Popen, timeout_s: float) -> int | None:

@@ -16,8 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
@@ -25,7 +24,6 @@ from model.config import ModelConfig
 from model.flops import flops_per_token
 from model.transformer import Transformer
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 ORDER = ("baseline", "baseline_1p5h", "baseline_2h", "diff_v1", "diff_v2")
 """Presets shown first, in this order; the ablations follow by name."""
 ATTENTION_PARTS = ("q", "k", "v", "o", "lambda")
@@ -78,25 +76,18 @@ def summarize_model(preset: str, cfg: ModelConfig, seq_len: int, dtype_bytes: in
     return Summary(preset, params, flops_per_token(cfg, seq_len), kv)
 
 
-def _load_yaml(path: Path) -> dict:
+def preset_configs(size: str) -> dict[str, ModelConfig]:
+    """Attention preset name -> the ModelConfig of `model=<size> attention=<preset>`, composed by the config
+    layer (conf/) as `python -m train` would. Imported here, not at the top: model/ itself needs no conf."""
     from omegaconf import OmegaConf
 
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such preset")
-    return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
+    from conf import CONF_DIR, compose
 
-
-def preset_configs(size: str, conf_dir: Path = CONF_DIR) -> dict[str, ModelConfig]:
-    """Attention preset name -> ModelConfig of conf/model/<size>.yaml with conf/attention/<preset>.yaml."""
-    known = {f.name for f in fields(ModelConfig)}
-    base = _load_yaml(conf_dir / "model" / f"{size}.yaml")
-    names = sorted(p.stem for p in (conf_dir / "attention").glob("*.yaml"))
+    if not (CONF_DIR / "model" / f"{size}.yaml").exists():
+        raise FileNotFoundError(f"{CONF_DIR / 'model' / size}.yaml: no such size preset")
+    names = sorted(p.stem for p in (CONF_DIR / "attention").glob("*.yaml"))
     names = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
-    configs = {}
-    for name in names:
-        values = {**base, **_load_yaml(conf_dir / "attention" / f"{name}.yaml")}
-        configs[name] = ModelConfig(**{k: v for k, v in values.items() if k in known})
-    return configs
+    return {n: OmegaConf.to_object(compose([f"model={size}", f"attention={n}"]).model) for n in names}
 
 
 def _si(value: float) -> str:
@@ -148,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         configs = preset_configs(args.size)
     except FileNotFoundError as exc:
-        print(f"model.summary: error: {exc} (--size names a file in {CONF_DIR / 'model'})", file=sys.stderr)
+        print(f"model.summary: error: {exc}", file=sys.stderr)
         return 2
     any_cfg = next(iter(configs.values()))
     seq_len = args.seq_len or any_cfg.max_seq_len

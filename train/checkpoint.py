@@ -1,8 +1,10 @@
 """DCP checkpoints that appear only when complete, the last K kept, optionally written in the background.
 
-Layout: `<run.dir>/checkpoints/step_XXXXXXXX/` holds DCP's shard files, its `.metadata` (written last) and
-the resolved `config.yaml`. A save goes to `.tmp_step_XXXXXXXX/` and is renamed once every rank has
-written: a crash mid-save leaves only a tmp dir, which resume ignores and the next save removes.
+Layout: `<run.dir>/checkpoints/step_XXXXXXXX/` holds DCP's shard files, its `.metadata` (written last),
+the resolved `config.yaml` and `checksums.json` (sha256 of the others). A save goes to `.tmp_step_XXXXXXXX/`
+and is renamed once every rank has written: a crash mid-save leaves only a tmp dir, which resume ignores and
+the next save removes. Loading verifies the checksums and never unpickles anything but DCP metadata and plain
+data (train.safe_load).
 """
 
 from __future__ import annotations
@@ -16,12 +18,24 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from omegaconf import OmegaConf
+from torch.distributed.checkpoint.api import CheckpointException
 
+from train.checksums import ChecksumError, verify_checksums, write_checksums
 from train.config import CheckpointConfig
 from train.parallel import DistInfo
+from train.safe_load import SafeFileSystemReader, SafeLoadPlanner, UnsafeCheckpointError
 from train.state import TrainState
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+CORRUPT_SUFFIX = ".corrupt"
+"""checkpoint.fallback=true renames a corrupt checkpoint step_XXXXXXXX.corrupt: kept, never loaded."""
+RUNTIME_MODEL_FIELDS = ("attn_impl",)
+"""Model fields a resume may change: the kernel computes the same function."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that must not be loaded: corrupt, unsafe, incomplete, or of another model."""
 
 
 def step_dir_name(step: int) -> str:
@@ -33,27 +47,82 @@ def is_complete(path: Path) -> bool:
     return STEP_DIR.match(path.name) is not None and (path / ".metadata").is_file()
 
 
-def complete_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under root, oldest first."""
+def checkpoint_step(path: Path) -> int:
+    return int(STEP_DIR.match(path.name).group(1))
+
+
+def step_dirs(root: Path) -> list[Path]:
+    """Every step_XXXXXXXX dir under root, complete or not, oldest first."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and is_complete(p)]
-    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+    return sorted((p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)), key=checkpoint_step)
 
 
-def resolve_resume(resume: str, root: Path) -> Path | None:
-    """checkpoint.resume -> the checkpoint to load: auto (latest complete, or none yet), none, or a path."""
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under root, oldest first."""
+    return [p for p in step_dirs(root) if is_complete(p)]
+
+
+def _verified(path: Path, verify: bool) -> Path:
+    if verify:
+        try:
+            verify_checksums(path)
+        except ChecksumError as err:
+            raise CheckpointError(str(err)) from err
+    return path
+
+
+def resolve_resume(resume: str, root: Path, verify: bool = True, fallback: bool = False) -> Path | None:
+    """checkpoint.resume -> the checkpoint to load: auto (latest complete, or none yet), none, or a path.
+
+    With verify, the checkpoint's checksums are checked first. A corrupt latest checkpoint stops the run
+    (CheckpointError naming the file) unless fallback: then it is renamed step_X.corrupt, kept, and the
+    previous complete one is tried (auto only: an explicit path is used as given or not at all)."""
     if resume == "none":
         return None
-    if resume == "auto":
-        done = complete_checkpoints(root)
-        return done[-1] if done else None
-    path = Path(resume)
-    if not (path / ".metadata").is_file():
-        raise FileNotFoundError(
-            f"checkpoint.resume={resume!r} is not a complete DCP checkpoint (no .metadata)"
+    if resume != "auto":
+        path = Path(resume)
+        if not (path / ".metadata").is_file():
+            raise CheckpointError(
+                f"{path} is not a complete DCP checkpoint (no .metadata; checkpoint.resume={resume!r})"
+            )
+        return _verified(path, verify)
+    for path in reversed(complete_checkpoints(root)):
+        try:
+            return _verified(path, verify)
+        except CheckpointError as err:
+            if not fallback:
+                raise CheckpointError(
+                    f"{err}. The latest checkpoint {path} is corrupt; checkpoint.fallback=true resumes from "
+                    "the previous complete checkpoint instead (the corrupt one is kept, renamed "
+                    f"{path.name}{CORRUPT_SUFFIX})"
+                ) from err
+            print(f"checkpoint.fallback: skipping corrupt {path}: {err}", flush=True)
+            path.rename(path.with_name(path.name + CORRUPT_SUFFIX))
+    return None
+
+
+def check_same_model(checkpoint: Path, config_yaml: str) -> None:
+    """Refuses to resume a checkpoint written for another model: shapes may match while the maths differ
+    (e.g. diff_v2 vs diff_v2_no_lambda). Compares the model section of the checkpoint's config.yaml with the
+    requested run's resolved config (both as composed, before training fills in e.g. model.eot_token)."""
+    saved_path = checkpoint / "config.yaml"
+    if not saved_path.is_file():
+        raise CheckpointError(f"{saved_path} is missing: cannot tell which model {checkpoint} holds")
+    saved = OmegaConf.to_container(
+        OmegaConf.load(saved_path).get("model", {}), resolve=True, enum_to_str=True
+    )
+    wanted = OmegaConf.to_container(OmegaConf.create(config_yaml).model, resolve=True, enum_to_str=True)
+    differ = [
+        f"model.{key}: checkpoint {saved.get(key)!r}, requested {value!r}"
+        for key, value in wanted.items()
+        if key not in RUNTIME_MODEL_FIELDS and saved.get(key) != value
+    ]
+    if differ:
+        raise CheckpointError(
+            f"{checkpoint} holds another model than the one requested ({'; '.join(differ)}). Resume with the "
+            "checkpoint's model settings, or start a new run (another run.name, or checkpoint.resume=none)"
         )
-    return path
 
 
 def _clone_cpu_tensors(obj: Any) -> Any:
@@ -137,12 +206,36 @@ class Checkpointer:
         if not self.info.is_main:
             return
         (tmp / "config.yaml").write_text(config_yaml)
+        write_checksums(tmp)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)  # atomic on POSIX: the checkpoint is visible whole or not at all
-        for old in complete_checkpoints(self.root)[: -self.cfg.keep_last]:
+        # keep_last counts back from the step just written: a newer checkpoint is never this run's to delete.
+        written = checkpoint_step(final)
+        older = [p for p in complete_checkpoints(self.root) if checkpoint_step(p) <= written]
+        for old in older[: -self.cfg.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
 
     def load(self, state: TrainState, path: Path) -> None:
-        dcp.load({"app": state}, checkpoint_id=str(path))
+        load_safely({"app": state}, path)
         self.last_saved = state.counters.step
+
+
+def load_safely(state_dict: dict[str, Any], path: Path) -> None:
+    """dcp.load that unpickles no code (train.safe_load); a failure is a CheckpointError naming the path."""
+    try:
+        dcp.load(
+            state_dict,
+            storage_reader=SafeFileSystemReader(str(path)),
+            planner=SafeLoadPlanner(),
+            checkpoint_id=str(path),
+        )
+    except UnsafeCheckpointError as err:
+        raise CheckpointError(str(err)) from err
+    except CheckpointException as err:  # DCP gathers every rank's failure into one BaseException
+        causes = [exc for exc, _ in err.failures.values()]
+        first = causes[0] if causes else err
+        detail = (
+            str(first) if isinstance(first, UnsafeCheckpointError) else f"{type(first).__name__}: {first}"
+        )
+        raise CheckpointError(f"cannot load checkpoint {path}: {detail}") from err

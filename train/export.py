@@ -3,7 +3,10 @@ the tokenizer the run trained with (`tokenizer.tiktoken` + `tokenizer.json`, dat
 for a named encoding), so the directory alone turns text into tokens and back (`python -m infer.sample`).
 
 `python -m train.export <checkpoint dir> [<out dir>]` exports a DCP checkpoint (default out dir: the run dir
-above `checkpoints/`). Training calls `export_model` at the end with the live (possibly sharded) model.
+above `checkpoints/`) after checking its checksums (--no-verify skips that, e.g. for a checkpoint saved
+before checksums existed); nothing in the checkpoint is unpickled but DCP metadata and plain data. Exit codes:
+0 exported, 4 the checkpoint is refused (the message names the file). Training calls `export_model` at the
+end with the live (possibly sharded) model.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
@@ -24,6 +26,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from data.config import TokenizerConfig
 from data.shards import DatasetError
 from model import ModelConfig, Transformer
+from train.checkpoint import CheckpointError, load_safely, resolve_resume
+
+EXIT_CHECKPOINT = 4
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model_config.json"
@@ -87,17 +92,18 @@ def load_exported(out_dir: str | Path) -> Transformer:
     return model
 
 
-def export_checkpoint(checkpoint: Path, out_dir: Path) -> Path:
+def export_checkpoint(checkpoint: Path, out_dir: Path, verify: bool = True) -> Path:
     """Reads the model part of a DCP checkpoint (any world size wrote it) into one CPU process."""
     import torch.distributed as dist
 
+    resolve_resume(str(checkpoint), checkpoint.parent, verify=verify)  # complete, and checksums match
     resolved = OmegaConf.load(checkpoint / "config.yaml")
     cfg = ModelConfig(**OmegaConf.to_container(resolved.model, resolve=True))
     model = Transformer(cfg)
     if not dist.is_initialized():
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     state = model.state_dict()
-    dcp.load({"app": {"model": state}}, checkpoint_id=str(checkpoint))
+    load_safely({"app": {"model": state}}, checkpoint)
     path = save_weights(state, cfg, out_dir)
     # The resolved config names the tokenizer files (a relative data dir resolves against the cwd).
     tokenizer = OmegaConf.to_container(resolved.data.tokenizer, resolve=True)
@@ -111,11 +117,18 @@ def main(argv: list[str] | None = None) -> None:
         "checkpoint", type=Path, help="a checkpoint dir, e.g. runs/x/checkpoints/step_00000300"
     )
     parser.add_argument("out_dir", type=Path, nargs="?", help="default: the run dir of the checkpoint")
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the checksum check (checkpoints without checksums.json)",
+    )
     args = parser.parse_args(argv)
-    if not (args.checkpoint / ".metadata").is_file():
-        raise SystemExit(f"{args.checkpoint} is not a complete DCP checkpoint (no .metadata)")
     out_dir = args.out_dir or args.checkpoint.resolve().parent.parent
-    path = export_checkpoint(args.checkpoint, out_dir)
+    try:
+        path = export_checkpoint(args.checkpoint, out_dir, verify=not args.no_verify)
+    except CheckpointError as err:
+        print(f"checkpoint refused: {err}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_CHECKPOINT)
     print(f"exported {path}, {out_dir / CONFIG} and the tokenizer ({out_dir / TOKENIZER}.tiktoken)")
 
 

@@ -12,12 +12,13 @@ from omegaconf import OmegaConf
 from conf import RunConfig
 from data.loader import StreamLoader
 from data.mixture import build_loader, ensure_data
-from train.checkpoint import Checkpointer, complete_checkpoints, resolve_resume
+from train.checkpoint import Checkpointer, complete_checkpoints
 from train.export import export_model
 from train.loop import LoopParts, RunResult, Trainer, TrainingDiverged
 from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, Sink, WandbSink
 from train.optim import LRSchedule, build_optimizer
 from train.parallel import DistInfo, build_model, from_rank0, init_distributed, shutdown_distributed
+from train.rundir import choose_resume, hold_run_dir, rank0_decides
 from train.spikes import spike_counters
 from train.state import Counters, TrainState
 from train.validate import ConfigError, grad_accum_steps
@@ -88,7 +89,8 @@ def run_training(cfg: RunConfig, config_yaml: str) -> RunResult:
     """Runs the whole job on this rank; returns how it ended (rank 0's metrics)."""
     info = init_distributed(cfg.parallel, cfg.trainer.device)
     try:
-        return _run(cfg, config_yaml, info)
+        with hold_run_dir(cfg.run, info):
+            return _run(cfg, config_yaml, info)
     finally:
         shutdown_distributed()
 
@@ -124,9 +126,7 @@ def _build_parts(
         model, optimizer, schedule, train_loader, counters, cfg.data.allow_fingerprint_mismatch
     )
     checkpointer = Checkpointer(cfg.checkpoint, run_dir / "checkpoints", info)
-    resume = from_rank0(
-        resolve_resume(cfg.checkpoint.resume, checkpointer.root) if info.is_main else None, info
-    )
+    resume = rank0_decides(lambda: choose_resume(cfg, config_yaml), info)
     if resume is not None:
         checkpointer.load(state, resume)
         counters.config_yaml = config_yaml  # later checkpoints carry the config they were written under

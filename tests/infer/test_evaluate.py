@@ -54,6 +54,11 @@ def test_loglikelihood_is_the_continuations_logprob_after_eot_and_the_context(lm
     ]
 
 
+def test_a_continuation_of_no_tokens_scores_zero_and_greedy(lm: DiffV2LM):
+    context = [lm.eot_token_id, *lm.enc.encode_ordinary("def f(x")]
+    assert lm._loglikelihood_tokens([(("def f(x", ""), context, [])]) == [(0.0, True)]
+
+
 def test_rolling_loglikelihood_is_the_perplexity_scorers_sum(lm: DiffV2LM):
     text = "def add(a, b):\n    return a + b\n" * 6  # longer than the 64-token context: several windows
     (got,) = lm.loglikelihood_rolling([_request("loglikelihood_rolling", text)])

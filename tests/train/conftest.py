@@ -1,13 +1,16 @@
 """Real jobs for the end-to-end tests: `python -m train` and torchrun subprocesses on a tiny model.
 
-The small stdlib corpus is prepared once per session into a tmp DIFFV2_DATA; the runs several tests compare
-against (a straight 12-step FSDP run, one stopped at step 6) are made once and copied before reuse.
+The small stdlib corpus is prepared once per session into a tmp DIFFV2_DATA (tests/conftest.py); the runs
+several tests compare against (a straight 12-step FSDP run, one stopped at step 6) are made once and copied
+before reuse.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
 import os
+import runpy
 import shutil
 import signal
 import subprocess
@@ -16,19 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from train.metrics import METRICS_FILE, read_metrics
+
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
 
-TINY_MODEL = [
-    "model.d_model=64",
-    "model.n_layers=2",
-    "model.n_heads=4",
-    "model.n_kv_heads=2",
-    "model.head_dim=16",
-    "model.ffn_hidden=128",
-    "model.max_seq_len=64",
-]
-"""A 2-layer model small enough for many multi-process runs on 2 cores."""
+TINY_MODEL = ["model=micro"]
+"""conf/model/micro.yaml: a 2-layer model small enough for many multi-process runs on 2 cores."""
 
 TINY = [
     "data=stdlib_small",
@@ -76,9 +73,17 @@ def _train(
 ) -> subprocess.CompletedProcess:
     """Runs one job to completion; with check, a non-zero exit fails the test showing the job's output."""
     cmd = _command(run_dir, *overrides, nproc=nproc, torchrun_args=torchrun_args)
+    # One intra-op thread, as torchrun gives each of its workers: the tiny model's matmuls only contend.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # Own session: on a timeout the whole job (torchrun and its workers) is killed, not just the launcher.
     with subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     ) as popen:
         try:
             stdout, stderr = popen.communicate(timeout=TIMEOUT_S)
@@ -95,8 +100,28 @@ def _train(
     return proc
 
 
+def _in_process(run_dir: Path | None, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m train` on the tiny config, in this process (no interpreter start-up, no torch import):
+    for jobs that need no process of their own. run_dir=None leaves run.dir to its default (runs/<name>)."""
+    argv = [
+        a for a in _command(run_dir or Path("."), *overrides)[3:] if run_dir or not a.startswith("run.dir=")
+    ]
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, sys.argv = sys.argv, ["train", *argv]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            # As `python -m train` runs it: Hydra finds conf/ relative to a __main__ script only.
+            runpy.run_module("train", run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(run_dir / METRICS_FILE)
 
 
 def _train_rows(run_dir: Path) -> dict[int, dict]:
@@ -114,8 +139,10 @@ class Jobs:
 
     repo = REPO
     tiny_model = TINY_MODEL
+    tiny = TINY
     command = staticmethod(_command)
     train = staticmethod(_train)
+    in_process = staticmethod(_in_process)
     metrics = staticmethod(_metrics)
     train_rows = staticmethod(_train_rows)
     copy_run = staticmethod(_copy_run)
@@ -124,26 +151,6 @@ class Jobs:
 @pytest.fixture(scope="session")
 def jobs() -> type[Jobs]:
     return Jobs
-
-
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """DIFFV2_DATA for every job of the session, with stdlib_small prepared once."""
-    root = tmp_path_factory.mktemp("data")
-    previous = os.environ.get("DIFFV2_DATA")
-    os.environ["DIFFV2_DATA"] = str(root)
-    subprocess.run(
-        [sys.executable, "-m", "data.prepare", "data=stdlib_small"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=TIMEOUT_S,
-    )
-    yield root
-    if previous is None:
-        os.environ.pop("DIFFV2_DATA", None)
-    else:
-        os.environ["DIFFV2_DATA"] = previous
 
 
 @pytest.fixture(scope="session")
@@ -159,4 +166,14 @@ def fsdp_stopped_at_6(tmp_path_factory: pytest.TempPathFactory, data_root: Path)
     """The same job stopped after step 6 (schedule still for 12), checkpoints written in the background."""
     run_dir = tmp_path_factory.mktemp("runs") / "stopped"
     _train(run_dir, "parallel=fsdp", "trainer.stop_at_step=6", "checkpoint.async_save=true", nproc=2)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def saved_6_steps(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """6 steps of tiny diff_v2 in this process: checkpoints at steps 3 and 6, metrics for steps 1-6 (copy
+    it before changing anything)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "saved_6_steps"
+    proc = _in_process(run_dir, "trainer.max_steps=6", "trainer.eval_interval=0", "trainer.diag_interval=0")
+    assert proc.returncode == 0, proc.stderr
     return run_dir

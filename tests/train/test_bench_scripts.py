@@ -42,3 +42,6 @@ def test_checkpoint_bench_times_blocking_async_and_load(jobs):
     ratio = "ratio async wait / blocking wait"
     assert {"blocking save", "async save", "load (resume)", ratio} <= set(figures)
     assert float(figures[ratio].split()[0]) > 0
+    verified = "ratio verified / unverified resume"
+    assert {"checksums at save", "resume verified", verified} <= set(figures)
+    assert float(figures[verified].split()[0]) >= 1.0

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from conf import RunConfig
-from train.checkpoint import complete_checkpoints, resolve_resume
+from train.checkpoint import CheckpointError, complete_checkpoints, resolve_resume
+from train.checksums import write_checksums
 from train.validate import ConfigError, grad_accum_steps, validate_run_config
 
 
@@ -17,6 +18,7 @@ def _fake_checkpoint(root: Path, name: str, complete: bool) -> Path:
     (path / "__0_0.distcp").write_bytes(b"x")
     if complete:
         (path / ".metadata").write_bytes(b"x")
+        write_checksums(path)
     return path
 
 
@@ -29,7 +31,7 @@ def test_resume_auto_picks_latest_complete(tmp_path):
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_00000003", "step_00000006"]
     assert resolve_resume("none", tmp_path) is None
     assert resolve_resume("auto", tmp_path / "missing") is None
-    with pytest.raises(FileNotFoundError, match="checkpoint.resume"):
+    with pytest.raises(CheckpointError, match=r"no \.metadata; checkpoint\.resume"):
         resolve_resume(str(tmp_path / "step_00000009"), tmp_path)
 
 
