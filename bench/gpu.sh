@@ -46,7 +46,7 @@ step() {  # step NAME SECONDS COMMAND...: runs COMMAND with a time limit, logs t
 print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')"
 } > "$OUT/summary.txt" 2>&1
 
-step prepare 50 python3 -m data.prepare data=stdlib_small
+step prepare 40 python3 -m data.prepare data=stdlib_small
 step cuda-tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu \
   tests/model/test_cuda.py tests/model/test_kernel.py tests/data/test_loader.py tests/train/test_cuda.py
 step "throughput-$SMALL" 140 python3 -m bench.throughput --sizes "$SMALL" --compile off on --steps 10 \
@@ -56,8 +56,8 @@ step "throughput-$LARGE" 130 python3 -m bench.throughput --sizes "$LARGE" --comp
   --json "$OUT/throughput-$LARGE.json" --keep "$OUT/runs-$LARGE" \
   trainer.seq_len="$SEQ" trainer.micro_batch=4 trainer.global_batch_tokens=$((SEQ * 4))
 step "checkpoint-$SMALL" 40 python3 -m bench.checkpoint model="$SMALL"
-step "decode-$SMALL" 30 python3 -m bench.decode --size "$SMALL" --prompt $((SEQ / 4)) --new 128 --batches 1 8 \
-  --json "$OUT/decode-$SMALL.json"
+step "decode-$SMALL" 40 python3 -m bench.decode --size "$SMALL" --prompt $((SEQ / 4)) --new 128 --batches 1 8 \
+  --repeats 2 --json "$OUT/decode-$SMALL.json"
 rm -rf "$OUT"/runs-*/*/checkpoints  # none are written (checkpoint.enabled=false); never ship weights back
 cat "$OUT/summary.txt"
 exit "$failed"

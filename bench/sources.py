@@ -34,7 +34,7 @@ def _prepare(root: Path, name: str, files: list[Path], tokenizer: Path) -> Path:
         source=SourceConfig(kind="text", paths=[str(corpus / "*.txt")]),
         tokenizer=TokenizerConfig(name="bpe", vocab_size=8192, path=str(tokenizer), train_bytes=5_000_000),
         shard_tokens=200_000,
-        val_fraction=0.01,
+        val_fraction=0.05,  # every source needs a non-empty val split
         num_workers=1,
     )
     prepare_dataset(cfg)

@@ -5,7 +5,7 @@
 data, train, launch and bench use this layer for the whole run's config; none imports another's for it.
 """
 
-from conf.compose import CONF_DIR, compose, compose_run_config, validated
+from conf.compose import CONF_DIR, compose, compose_run_config, hydra_session, validated
 from conf.schema import ConfigError, RunConfig, UnknownConfigKey, register_configs
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "UnknownConfigKey",
     "compose",
     "compose_run_config",
+    "hydra_session",
     "register_configs",
     "validated",
 ]

@@ -74,9 +74,14 @@ def check_known_keys(cfg: DictConfig, schema: type = RunConfig, prefix: str = ""
                 f"{prefix.rstrip('.') or 'the config'} has: {', '.join(sorted(known))}"
             )
         node = cfg._get_node(key)  # noqa: SLF001 - the raw node: no interpolation is resolved here
+        if not isinstance(node, DictConfig) or node._is_missing():
+            continue
         hint = hints[str(key)]
-        if isinstance(node, DictConfig) and dataclasses.is_dataclass(hint) and not node._is_missing():
+        if dataclasses.is_dataclass(hint):
             check_known_keys(node, hint, f"{full}.")
+        elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
+            for name in node:  # a mapping of sections, e.g. data.mixture: name -> source
+                check_known_keys(node[name], typing.get_args(hint)[1], f"{full}.{name}.")
 
 
 def check_choices(obj: Any, prefix: str = "") -> None:

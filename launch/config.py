@@ -5,20 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-
-class Executor(StrEnum):
-    slurm = "slurm"
-    local = "local"
-
-
-class LaunchKind(StrEnum):
-    local = "local"
-    multinode = "multinode"
-    slurm = "slurm"
-
-
-# torchrun's names; "etcd-v2" is no identifier, hence the functional form (OmegaConf matches member names).
-RdzvBackend = StrEnum("RdzvBackend", [(name, name) for name in ("c10d", "static", "etcd", "etcd-v2")])
+# The choice fields' allowed values; OmegaConf refuses any other value, naming these.
+Executor = StrEnum("Executor", ["slurm", "local"])
+LaunchKind = StrEnum("LaunchKind", ["local", "multinode", "slurm"])
+RdzvBackend = StrEnum("RdzvBackend", ["c10d", "static", "etcd", "etcd-v2"])  # torchrun's names
 
 
 @dataclass

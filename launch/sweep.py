@@ -136,16 +136,15 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
         # Hydra turns a callback's exception into a warning and carries on: every failure here must exit.
         try:
-            self._plan_and_validate(config, config_name or "config")
+            self._plan_and_validate(config)
         except Exception as exc:
             print(f"launch: error: {exc}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     @staticmethod
-    def _plan_and_validate(config: DictConfig, config_name: str) -> None:
+    def _plan_and_validate(config: DictConfig) -> None:
         global STATE
-        from hydra import compose
-
+        from conf import compose
         from launch.nodes import gpus_present
         from launch.validate import validate_config
 
@@ -156,7 +155,7 @@ class SweepCallback(Callback):
         gpus = gpus_present()
         for trial in STATE.trials:
             try:
-                cfg = compose(config_name=config_name, overrides=[*trial.overrides, *trial.extra_overrides()])
+                cfg = compose([*trial.overrides, *trial.extra_overrides()])
                 validate_config(cfg, gpus=gpus)
             except Exception as exc:  # Hydra's compose errors and our ValueErrors alike: stop before any job.
                 # Hydra's message says which override; its cause says which type was expected.

@@ -6,28 +6,11 @@ import math
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
-
-class Attention(StrEnum):
-    baseline = "baseline"
-    diff_v1 = "diff_v1"
-    diff_v2 = "diff_v2"
-
-
-class Pairing(StrEnum):
-    grouped = "grouped"
-    cross_group = "cross_group"
-
-
-class LambdaMode(StrEnum):
-    sigmoid = "sigmoid"
-    none = "none"
-    linear = "linear"
-
-
-class AttnImpl(StrEnum):
-    auto = "auto"
-    sdpa = "sdpa"
-    flash = "flash"
+# The choice fields' allowed values; OmegaConf refuses any other value, naming these.
+Attention = StrEnum("Attention", ["baseline", "diff_v1", "diff_v2"])
+Pairing = StrEnum("Pairing", ["grouped", "cross_group"])
+LambdaMode = StrEnum("LambdaMode", ["sigmoid", "none", "linear"])
+AttnImpl = StrEnum("AttnImpl", ["auto", "sdpa", "flash"])
 
 
 @dataclass

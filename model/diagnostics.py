@@ -13,9 +13,10 @@ Per layer i (keys end in /L{i}); what the blog predicts in brackets:
   the min / max over heads. [softmax attention: within [1/sqrt(n), 1] for n attended tokens (1 is exact:
   an average of vectors is never longer than their RMS); DIFF V2: (0, sqrt(2)), a head can output ~0;
   diff_v2_no_lambda: much smaller at init, as a1 ~ a2.]
-- sink_mass, sink_mass_max: attention probability on the first token from the later half of the query
-  positions (t >= N/2) of each softmax map (DIFF V2's 2h maps, V1's sub-head maps, the baseline's heads),
-  mean and max over maps. [a uniform map reads ~1/t there, a sink head ~1; the blog: DIFF V2 needs no sink.]
+- sink_mass, sink_mass_max: attention probability on the first token (with model.doc_mask: of the query's
+  document; the maps then stay within documents) from the later half of the query positions (t >= N/2),
+  per softmax map (DIFF V2's 2h maps, V1's sub-head maps, the baseline's heads), mean and max over maps.
+  [a uniform map reads ~1/t there, a sink head ~1; the blog: DIFF V2 needs no sink.]
 - act_max, act_ratio: max |x| and max |x| / RMS(x) of the block's output (the residual stream) over the
   whole batch: the activation outlier. [DIFF V2: smaller than the baseline's.]
 - qk_logit_max: the largest scaled logit q.k / sqrt(d) over causal pairs and query heads. [DIFF V2: smaller]
@@ -39,6 +40,7 @@ import torch
 from torch import nn
 
 from model.attention import DiffV1Attention
+from model.documents import document_positions
 from model.transformer import TransformerBlock
 
 MAX_STATS = ("act_max", "act_ratio", "qk_logit_max")
@@ -106,6 +108,7 @@ class DiagnosticsRecorder:
         def hook(attn: nn.Module, args: tuple, output: torch.Tensor) -> None:
             x, rel_pos = args[0], args[1]
             cache = args[2] if len(args) > 2 else None
+            docs = args[3] if len(args) > 3 else None  # model.doc_mask: the maps stay within documents
             context = self._context.pop(i, None)
             with torch.no_grad():
                 lam = attn.lambda_values(x)
@@ -114,7 +117,8 @@ class DiagnosticsRecorder:
                     self._records[f"lambda_mean/L{i}"].append(lam.mean())
                     self._records[f"lambda_std/L{i}"].append(lam.std(correction=0))
                 if cache is None and x.shape[1] > 1 and context is not None:  # decoding: keys in the cache
-                    stats = self._map_stats(attn, x[: self.max_batch], rel_pos, context)
+                    ids = None if docs is None else docs.ids[: self.max_batch]
+                    stats = self._map_stats(attn, x[: self.max_batch], rel_pos, context, ids)
                     for name, value in stats.items():
                         self._records[f"{name}/L{i}"].append(value)
 
@@ -122,7 +126,7 @@ class DiagnosticsRecorder:
 
     @staticmethod
     def _map_stats(
-        attn: nn.Module, x: torch.Tensor, rel_pos, context: torch.Tensor
+        attn: nn.Module, x: torch.Tensor, rel_pos, context: torch.Tensor, doc_ids: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """qk_logit_max, sink_mass per map and context_rms per output head, from explicit softmax maps."""
         q, k = attn.rotated_qk(x, rel_pos)  # [B, N, Hq, d] each, k already per query head
@@ -133,13 +137,17 @@ class DiagnosticsRecorder:
         maps_per_value = n_maps // v.shape[2]  # query head h reads value head h // maps_per_value
         causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
         later = max(1, n // 2)  # "later" queries: the second half; position 0 can only read itself
+        first = torch.zeros(x.shape[0], n - later, 1, dtype=torch.long, device=q.device)  # the sink token
+        if doc_ids is not None:  # same document only; the sink is the first token of the query's document
+            causal = causal & (doc_ids[:, :, None] == doc_ids[:, None, :])  # [B, N, N]
+            first = (torch.arange(n, device=q.device) - document_positions(doc_ids))[:, later:, None]
         maxima, sinks, read_power = [], [], []
         for head in range(n_maps):  # one [B, N, N] map at a time keeps memory at B * N^2
             logits = q[:, :, head].float() @ k[:, :, head].float().transpose(1, 2) / math.sqrt(d)
             logits = logits.masked_fill(~causal, float("-inf"))
             maxima.append(logits.amax())
             probs = torch.softmax(logits, dim=-1)
-            sinks.append(probs[:, later:, 0].mean())
+            sinks.append(probs[:, later:].gather(-1, first).mean())
             read_power.append(probs @ v_power[:, :, head // maps_per_value, None])  # [B, N, 1]
         read = torch.cat(read_power, dim=-1)  # [B, N, maps]
         out_rms = context.pow(2).mean(-1).sqrt()  # [B, N, out heads]

@@ -21,7 +21,6 @@ import torch.distributed.checkpoint as dcp
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint.api import CheckpointException
 
-from model import ModelConfig
 from train.checksums import ChecksumError, verify_checksums, write_checksums
 from train.config import CheckpointConfig
 from train.parallel import DistInfo
@@ -103,14 +102,17 @@ def resolve_resume(resume: str, root: Path, verify: bool = True, fallback: bool 
     return None
 
 
-def check_same_model(checkpoint: Path, requested: ModelConfig) -> None:
+def check_same_model(checkpoint: Path, config_yaml: str) -> None:
     """Refuses to resume a checkpoint written for another model: shapes may match while the maths differ
-    (e.g. diff_v2 vs diff_v2_no_lambda). Compares the checkpoint's config.yaml with the requested model."""
+    (e.g. diff_v2 vs diff_v2_no_lambda). Compares the model section of the checkpoint's config.yaml with the
+    requested run's resolved config (both as composed, before training fills in e.g. model.eot_token)."""
     saved_path = checkpoint / "config.yaml"
     if not saved_path.is_file():
         raise CheckpointError(f"{saved_path} is missing: cannot tell which model {checkpoint} holds")
-    saved = OmegaConf.to_container(OmegaConf.load(saved_path).get("model", {}), resolve=True)
-    wanted = OmegaConf.to_container(OmegaConf.structured(requested), resolve=True)
+    saved = OmegaConf.to_container(
+        OmegaConf.load(saved_path).get("model", {}), resolve=True, enum_to_str=True
+    )
+    wanted = OmegaConf.to_container(OmegaConf.create(config_yaml).model, resolve=True, enum_to_str=True)
     differ = [
         f"model.{key}: checkpoint {saved.get(key)!r}, requested {value!r}"
         for key, value in wanted.items()

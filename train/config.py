@@ -10,67 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Schedule(StrEnum):
-    cosine = "cosine"
-    wsd = "wsd"
-    constant = "constant"
-
-
-class Fused(StrEnum):
-    """optim.fused stays a str field: YAML and Hydra read `true`/`false` as booleans, which Enums refuse."""
-
-    auto = "auto"
-    true = "true"
-    false = "false"
-
-
-class ParallelMode(StrEnum):
-    single = "single"
-    ddp = "ddp"
-    fsdp = "fsdp"
-    hsdp = "hsdp"
-
-
-class MixedPrecision(StrEnum):
-    auto = "auto"
-    bf16 = "bf16"
-    fp32 = "fp32"
-
-
-class ActivationCheckpointing(StrEnum):
-    none = "none"
-    full = "full"
-    every_k = "every_k"
-
-
-class Backend(StrEnum):
-    auto = "auto"
-    nccl = "nccl"
-    gloo = "gloo"
-
-
-class ShardedInit(StrEnum):
-    rank0 = "rank0"
-    sharded = "sharded"
-
-
-class WandbMode(StrEnum):
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
-
-
-class Fault(StrEnum):
-    none = "none"
-    crash = "crash"
-    nan_loss = "nan_loss"  # not "nan": Hydra's command line reads nan as a float
+# The choice fields' allowed values; OmegaConf refuses any other value, naming these.
+Device = StrEnum("Device", ["auto", "cpu", "cuda"])
+Schedule = StrEnum("Schedule", ["cosine", "wsd", "constant"])
+# optim.fused stays a str field: YAML and Hydra read `true`/`false` as booleans, which Enums refuse.
+Fused = StrEnum("Fused", ["auto", "true", "false"])
+ParallelMode = StrEnum("ParallelMode", ["single", "ddp", "fsdp", "hsdp"])
+MixedPrecision = StrEnum("MixedPrecision", ["auto", "bf16", "fp32"])
+ActivationCheckpointing = StrEnum("ActivationCheckpointing", ["none", "full", "every_k"])
+Backend = StrEnum("Backend", ["auto", "nccl", "gloo"])
+ShardedInit = StrEnum("ShardedInit", ["rank0", "sharded"])
+WandbMode = StrEnum("WandbMode", ["online", "offline", "disabled"])
+# not "nan": Hydra's command line reads nan as a float
+Fault = StrEnum("Fault", ["none", "crash", "nan_loss"])
 
 
 @dataclass

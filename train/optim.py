@@ -81,7 +81,9 @@ class LRSchedule:
         return lr
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step_count": self.step_count, "schedule": self.cfg.schedule, "max_steps": self.max_steps}
+        # str(): a checkpoint holds plain data only (train.safe_load), not the config's enum class.
+        schedule = str(self.cfg.schedule)
+        return {"step_count": self.step_count, "schedule": schedule, "max_steps": self.max_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # The schedule's shape comes from the (possibly edited) config, e.g. a WSD run extended past its

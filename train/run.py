@@ -126,7 +126,7 @@ def _build_parts(
         model, optimizer, schedule, train_loader, counters, cfg.data.allow_fingerprint_mismatch
     )
     checkpointer = Checkpointer(cfg.checkpoint, run_dir / "checkpoints", info)
-    resume = rank0_decides(lambda: choose_resume(cfg), info)
+    resume = rank0_decides(lambda: choose_resume(cfg, config_yaml), info)
     if resume is not None:
         checkpointer.load(state, resume)
         counters.config_yaml = config_yaml  # later checkpoints carry the config they were written under

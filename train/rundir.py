@@ -176,7 +176,7 @@ def _move_aside(paths: list[Path], run_dir: Path) -> Path:
     return target
 
 
-def choose_resume(cfg: RunConfig) -> Path | None:
+def choose_resume(cfg: RunConfig, config_yaml: str) -> Path | None:
     """The checkpoint this job resumes from (None: a fresh start), after every check; rank 0 only.
 
     Nothing in the run dir is written before these checks pass, config.yaml included."""
@@ -185,7 +185,7 @@ def choose_resume(cfg: RunConfig) -> Path | None:
     resume = resolve_resume(ckpt.resume, run_dir / "checkpoints", ckpt.verify, ckpt.fallback)
     start_step = 0
     if resume is not None:
-        check_same_model(resume, cfg.model)
+        check_same_model(resume, config_yaml)
         start_step = _saved_step(resume)
     if _restarted_by_torchrun():
         return resume

@@ -10,6 +10,7 @@ Tensor payloads already load with weights_only=True in DCP.
 
 from __future__ import annotations
 
+import enum
 import io
 import pickle
 from pathlib import Path, PosixPath, PurePosixPath
@@ -89,12 +90,29 @@ class SafeFileSystemReader(FileSystemReader):
         return metadata
 
 
+def config_enums() -> list[type]:
+    """The config's choice enums (StrEnums of train, model, launch): checkpoints saved while a state dict
+    held one (LRSchedule's schedule name did) load; rebuilding one only looks a value up in its class."""
+    import launch.config
+    import model.config
+    import train.config
+
+    modules = (train.config, model.config, launch.config)
+    return [
+        obj
+        for module in modules
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, enum.Enum) and obj.__module__ == module.__name__
+    ]
+
+
 class SafeLoadPlanner(DefaultLoadPlanner):
     """DefaultLoadPlanner that reads non-tensor items with torch.load(weights_only=True)."""
 
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
         try:
-            obj = torch.load(value, weights_only=True)
+            with torch.serialization.safe_globals(config_enums()):
+                obj = torch.load(value, weights_only=True)
         except pickle.UnpicklingError as err:
             raise UnsafeCheckpointError(
                 f"item {read_item.dest_index.fqn!r} is not plain data (numbers, strings, lists, dicts, "

@@ -3,12 +3,14 @@ differs from them, so a default changed in the dataclass cannot be silently over
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from conf import CONF_DIR, RunConfig, compose
+from conf import CONF_DIR, RunConfig, UnknownConfigKey, compose, compose_run_config
 
 PRESET_GROUPS = ("attention", "data", "launch", "logging", "model", "optim", "parallel")
 SHAPE = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden")
@@ -52,9 +54,22 @@ def test_a_preset_states_only_what_differs_from_the_schema(preset: str):
     path = CONF_DIR / preset
     defaults = _leaves(_schema_defaults())
     values = _leaves(OmegaConf.to_container(OmegaConf.load(path)) or {}, _package(path))  # type: ignore[arg-type]
-    # A dict field (data.mixture) is an open map: its entries are the preset's own names.
-    open_maps = tuple(f"{key}." for key, value in defaults.items() if value == {})
-    unknown = sorted(k for k in set(values) - set(defaults) if not k.startswith(open_maps))
+    # A dict field (e.g. data.mixture: name -> source) takes keys of the preset's choosing.
+    free = tuple(f"{key}." for key, value in defaults.items() if value == {})
+    values = {k: v for k, v in values.items() if not k.startswith(free)}
+    unknown = sorted(set(values) - set(defaults))
     assert not unknown, f"{preset}: keys the schema does not have: {unknown}"
     repeated = {k: v for k, v in values.items() if k in defaults and defaults[k] == v and k not in SHAPE_KEYS}
     assert not repeated, f"{preset} repeats the schema's defaults (drop them): {repeated}"
+
+
+def test_the_config_layer_and_the_launcher_load_without_torch():
+    # The launcher and data.prepare compose the whole config; importing torch there costs seconds for nothing.
+    code = "import sys, conf, launch.app, train.validate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_misspelt_key_added_inside_a_mapping_of_sections_is_refused_naming_it():
+    with pytest.raises(UnknownConfigKey, match=r"data\.mixture\.stdlib\.wieght is not a config key"):
+        compose_run_config(["data=mixture", "+data.mixture.stdlib.wieght=0.5"])

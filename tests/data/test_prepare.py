@@ -123,6 +123,7 @@ def _cli(out: Path, corpus_dir: Path, shard_tokens: int) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # two `python -m data.prepare` processes, one killed mid-run: ~20 s
 def test_killed_cli_prepare_rerun_gives_byte_identical_shards_and_manifest(
     tmp_path: Path, make_corpus: object, make_config: object, dir_snapshot: object
 ) -> None:

@@ -9,18 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
 RUN = [
     "data=stdlib_small",
-    "model.d_model=64",
-    "model.n_layers=2",
-    "model.n_heads=4",
-    "model.n_kv_heads=2",
-    "model.head_dim=16",
-    "model.ffn_hidden=128",
+    "model=micro",
     "model.max_seq_len=64",
     "model.vocab_size=${data.tokenizer.vocab_size}",
     "trainer.seq_len=64",
@@ -36,19 +30,11 @@ RUN = [
 """`python -m train` overrides: DIFF V2 (the default attention), 4 steps of 128 tokens, a checkpoint at 4."""
 
 
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run dir of a finished `python -m train` job (stdlib_small prepared in a tmp DIFFV2_DATA)."""
+def trained_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """The run dir of a finished `python -m train` job (on the session's stdlib_small: tests/conftest.py)."""
     root = tmp_path_factory.mktemp("infer")
-    env = {**os.environ, "DIFFV2_DATA": str(root / "data")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # DIFFV2_DATA: data_root
     run_dir = root / "run"
     cmd = [sys.executable, "-m", "train", *RUN, f"run.dir={run_dir}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)

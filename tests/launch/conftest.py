@@ -6,22 +6,17 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-from conf import register_configs
 
 REPO = Path(__file__).resolve().parents[2]
 
-# A 2-layer, 64-wide model on 32-token sequences for 4 steps: seconds per run on 2 CPU cores. The global batch
-# (32 tokens x 2 sequences x 4) divides into 1 or 2 ranks without remainder.
+# model=micro (2 layers, 64 wide) on 32-token sequences for 4 steps: seconds per run on 2 CPU cores. The
+# global batch (32 tokens x 2 sequences x 4) divides into 1 or 2 ranks without remainder.
 TINY = [
-    "model.d_model=64",
-    "model.n_layers=2",
-    "model.ffn_hidden=128",
+    "model=micro",
     "trainer.seq_len=32",
     "trainer.micro_batch=2",
     "trainer.global_batch_tokens=256",
@@ -39,18 +34,9 @@ TINY = [
 
 
 @pytest.fixture(scope="session")
-def data_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment whose DIFFV2_DATA holds data=stdlib_small, prepared once per test session."""
-    root = tmp_path_factory.mktemp("diffv2_data")
-    env = {**os.environ, "DIFFV2_DATA": str(root), "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, "-m", "data.prepare", "data=stdlib_small"],
-        cwd=REPO,
-        env=env,
-        check=True,
-        timeout=300,
-    )
-    return env
+def data_env(data_root: Path) -> dict[str, str]:
+    """An environment whose DIFFV2_DATA holds data=stdlib_small, prepared once (tests/conftest.py)."""
+    return {**os.environ, "DIFFV2_DATA": str(data_root), "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture
@@ -95,11 +81,28 @@ def table_rows():
     return _table_rows
 
 
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 @pytest.fixture
-def hydra_conf():
-    """Hydra's compose API over the repo's conf/, as `python -m launch` composes it."""
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        yield
-    GlobalHydra.instance().clear()
+def launch_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """`python -m launch <args>` run in this process from `cwd`, for input refused before any torchrun starts
+    (a subprocess would only add interpreter start-up); returns its exit code and output."""
+    from launch import app, sweep
+    from launch.__main__ import main
+
+    def run(args: list[str], cwd: Path) -> CliResult:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["launch", *args])
+        monkeypatch.setattr(app, "EXIT_CODES", [])  # per-process state: one launch's codes only
+        monkeypatch.setattr(sweep, "STATE", None)
+        with pytest.raises(SystemExit) as exited:
+            main()
+        out = capsys.readouterr()
+        return CliResult(exited.value.code, out.out, out.err)
+
+    return run

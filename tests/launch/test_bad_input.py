@@ -1,7 +1,7 @@
 """Bad input stops `python -m launch` with a message naming the field, before any torchrun starts.
 
-The value checks run in-process on the composed config (the same call the CLI makes); the CLI cases check
-the plumbing: Hydra's own errors, our errors, a non-zero exit and no agent started.
+The value checks run on the composed config (the same call the CLI makes); the CLI cases check the plumbing:
+Hydra's own errors, our errors, a non-zero exit and no agent started. All run in this process.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose
 from hydra.errors import ConfigCompositionException
 
+from conf import compose
 from launch.nodes import LaunchError
 from launch.validate import validate_config
 
@@ -71,11 +71,9 @@ def assert_refused(proc, *needles: str) -> None:
         "model-check",
     ],
 )
-def test_bad_value_is_refused_naming_the_field(
-    hydra_conf, overrides: list[str], gpus: int, message: str
-) -> None:
+def test_bad_value_is_refused_naming_the_field(overrides: list[str], gpus: int, message: str) -> None:
     with pytest.raises(ValueError) as err:
-        validate_config(compose("config", overrides=overrides), gpus=gpus)
+        validate_config(compose(overrides), gpus=gpus)
     assert message in str(err.value)
     if any(o.startswith("launch") for o in overrides) and "model" not in message:
         assert isinstance(err.value, LaunchError) or "world_size" in message
@@ -89,10 +87,10 @@ def test_bad_value_is_refused_naming_the_field(
         ("launch.slurm.executor=k8s", "expected one of [slurm, local]"),
     ],
 )
-def test_choice_outside_its_enum_is_refused_at_composition(hydra_conf, override: str, allowed: str) -> None:
+def test_choice_outside_its_enum_is_refused_at_composition(override: str, allowed: str) -> None:
     # The allowed values sit beside the field (a StrEnum in launch/config.py); OmegaConf names them.
     with pytest.raises(ConfigCompositionException) as err:
-        compose("config", overrides=[override])
+        compose([override])
     assert override in str(err.value) and allowed in str(err.value.__cause__)
 
 
@@ -104,6 +102,7 @@ def test_choice_outside_its_enum_is_refused_at_composition(hydra_conf, override:
         (["launch=slurm"], ["launch: error: launch.slurm.partition is required"]),
         (["+experiment=lr_stability"], ["add --multirun"]),
         (["run.name=../escaped"], ["run.name='../escaped' must be a relative name without '..'"]),
+        (["+trainer.max_step=4"], ["launch: error: trainer.max_step is not a config key"]),
     ],
     ids=[
         "unknown-option",
@@ -111,19 +110,18 @@ def test_choice_outside_its_enum_is_refused_at_composition(hydra_conf, override:
         "slurm-without-partition",
         "experiment-without-multirun",
         "run-name-outside-runs",
+        "unknown-key-added-with-plus",
     ],
 )
 def test_cli_refuses_bad_input_before_starting_torchrun(
-    args: list[str], needles: list[str], tmp_path: Path, run_launch
+    args: list[str], needles: list[str], tmp_path: Path, launch_here
 ) -> None:
-    assert_refused(run_launch([*args, f"run.dir={tmp_path}/run"], None, tmp_path, timeout=60), *needles)
+    assert_refused(launch_here([*args, f"run.dir={tmp_path}/run"], tmp_path), *needles)
     assert not (tmp_path / "run").exists()  # nothing was started, nothing was written
 
 
-def test_a_sweep_value_of_the_wrong_type_stops_the_whole_sweep_first(tmp_path: Path, run_launch) -> None:
+def test_a_sweep_value_of_the_wrong_type_stops_the_whole_sweep_first(tmp_path: Path, launch_here) -> None:
     sweep_dir = tmp_path / "sweep"
-    proc = run_launch(
-        ["--multirun", "optim.lr=1e-3,fast", f"hydra.sweep.dir={sweep_dir}"], None, tmp_path, 60
-    )
+    proc = launch_here(["--multirun", "optim.lr=1e-3,fast", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     assert_refused(proc, "optim.lr=fast", "could not be converted to Float", "full_key: optim.lr")
     assert not sweep_dir.exists() or not any(p.is_dir() for p in sweep_dir.iterdir())

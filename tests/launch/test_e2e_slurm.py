@@ -91,12 +91,11 @@ def cmdline(pid: int) -> bytes:
 
 @pytest.mark.slow
 def test_preempted_job_checkpoints_requeues_and_resumes(
-    data_env, tmp_path: Path, tiny, hydra_conf, monkeypatch: pytest.MonkeyPatch
+    data_env, tmp_path: Path, tiny, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SLURM's pre-emption signal, delivered to the task as SLURM would: the ranks checkpoint, submitit
     requeues, the job resumes from that checkpoint and finishes."""
-    from hydra import compose
-
+    from conf import compose
     from launch.command import train_overrides
     from launch.slurm import submit
 
@@ -105,7 +104,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes(
     run_dir = tmp_path / "preempted"
     overrides = [*tiny, "trainer.max_steps=40", "trainer.log_interval=1", f"run.dir={run_dir}"]
     launch = ["launch=slurm", "launch.slurm.executor=local", "launch.nproc_per_node=1"]
-    cfg = compose("config", overrides=[*overrides, *launch])
+    cfg = compose([*overrides, *launch])
     job = submit(cfg, train_overrides(overrides))
     assert job is not None
     metrics = run_dir / "metrics.jsonl"

@@ -5,21 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose
 from omegaconf import OmegaConf
 
+from conf import compose
 from launch.sweep import expand_trials, plan_sweep
 from launch.validate import validate_config
 
 
 def trials_of(experiment: str) -> list[list[str]]:
-    cfg = compose("config", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
+    cfg = compose([f"+experiment={experiment}"], return_hydra_config=True)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
     return expand_trials([f"+experiment={experiment}"], params)  # type: ignore[arg-type]
 
 
 def composed(trial: list[str]):
-    return compose("config", overrides=trial)
+    return compose(trial)
 
 
 def names(values: dict[str, list[str]]) -> list[str]:
@@ -59,7 +59,7 @@ RECIPES = {
 
 @pytest.mark.parametrize("experiment", sorted(RECIPES))
 def test_experiment_sweeps_its_trials_over_seeds_and_each_validates_at_model_tiny(
-    hydra_conf, experiment: str, tmp_path: Path
+    experiment: str, tmp_path: Path
 ) -> None:
     trials = trials_of(experiment)
     assert [t.name for t in plan_sweep(tmp_path, trials).trials] == names(RECIPES[experiment])
@@ -69,7 +69,7 @@ def test_experiment_sweeps_its_trials_over_seeds_and_each_validates_at_model_tin
         validate_config(cfg, gpus=0)
 
 
-def test_diff_v2_vs_baseline_changes_only_the_attention(hydra_conf) -> None:
+def test_diff_v2_vs_baseline_changes_only_the_attention() -> None:
     configs = [OmegaConf.to_container(composed(t), resolve=True) for t in trials_of("diff_v2_vs_baseline")]
     configs = [c for c in configs if c["run"]["seed"] == 0]
     variants = [(c["model"]["attention"], c["model"]["baseline_head_factor"]) for c in configs]

@@ -57,18 +57,15 @@ def test_the_presets_the_issue_names_exist():
 
 
 def test_every_size_composes_with_every_attention_preset():
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from conf import register_configs
+    from conf import compose, hydra_session
 
-    register_configs()
     seen = {}
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+    with hydra_session():
         for size in SIZES:
             for attention in ATTENTIONS:
-                cfg = compose(config_name="config", overrides=[f"model={size}", f"attention={attention}"])
-                model_cfg = OmegaConf.to_object(cfg.model)
+                model_cfg = OmegaConf.to_object(compose([f"model={size}", f"attention={attention}"]).model)
                 validate_model_config(model_cfg)
                 assert (model_cfg.name, model_cfg.variant) == (size, attention)
                 if attention in ("baseline", "baseline_1p5h", "baseline_2h", "diff_v2"):

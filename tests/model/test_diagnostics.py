@@ -189,3 +189,21 @@ def test_hooks_are_removed_on_exit() -> None:
     with DiagnosticsRecorder(model):
         pass
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_with_document_masks_the_maps_stay_within_documents_and_the_sink_is_each_documents_first() -> None:
+    """Zero queries: uniform within the document, so query t reads 1 / (t - start + 1) on its document's
+    first token; the default (no doc_mask) would read 1 / (t + 1) on token 0."""
+    cfg = dataclasses.replace(CFG, attention="baseline", doc_mask=True, doc_positions=True, eot_token=0)
+    model = Transformer(cfg)
+    with torch.no_grad():
+        model.layers[0].attention.q_proj.weight.zero_()
+    x = torch.randint(1, CFG.vocab_size, (1, 16), generator=torch.Generator().manual_seed(1))
+    x[0, 5] = 0  # the first document ends at token 5; the second starts at 6
+    with DiagnosticsRecorder(model) as rec:
+        model(x)
+    expected = [1.0 / (t - 6 + 1) for t in range(8, 16)]
+    assert rec.summary()["diag/sink_mass/L0"] == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+    for key, per_head in rec.per_head().items():
+        if key.startswith("context_rms"):
+            assert per_head.max() <= 1.0, key  # still an average of the values read, within the document

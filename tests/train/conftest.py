@@ -1,14 +1,14 @@
 """Real jobs for the end-to-end tests: `python -m train` and torchrun subprocesses on a tiny model.
 
-The small stdlib corpus is prepared once per session into a tmp DIFFV2_DATA; the runs several tests compare
-against (a straight 12-step FSDP run, one stopped at step 6) are made once and copied before reuse.
+The small stdlib corpus is prepared once per session into a tmp DIFFV2_DATA (tests/conftest.py); the runs
+several tests compare against (a straight 12-step FSDP run, one stopped at step 6) are made once and copied
+before reuse.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import runpy
 import shutil
@@ -19,19 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from train.metrics import METRICS_FILE, read_metrics
+
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
 
-TINY_MODEL = [
-    "model.d_model=64",
-    "model.n_layers=2",
-    "model.n_heads=4",
-    "model.n_kv_heads=2",
-    "model.head_dim=16",
-    "model.ffn_hidden=128",
-    "model.max_seq_len=64",
-]
-"""A 2-layer model small enough for many multi-process runs on 2 cores."""
+TINY_MODEL = ["model=micro"]
+"""conf/model/micro.yaml: a 2-layer model small enough for many multi-process runs on 2 cores."""
 
 TINY = [
     "data=stdlib_small",
@@ -79,9 +73,17 @@ def _train(
 ) -> subprocess.CompletedProcess:
     """Runs one job to completion; with check, a non-zero exit fails the test showing the job's output."""
     cmd = _command(run_dir, *overrides, nproc=nproc, torchrun_args=torchrun_args)
+    # One intra-op thread, as torchrun gives each of its workers: the tiny model's matmuls only contend.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # Own session: on a timeout the whole job (torchrun and its workers) is killed, not just the launcher.
     with subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     ) as popen:
         try:
             stdout, stderr = popen.communicate(timeout=TIMEOUT_S)
@@ -119,7 +121,7 @@ def _in_process(run_dir: Path | None, *overrides: str) -> subprocess.CompletedPr
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(run_dir / METRICS_FILE)
 
 
 def _train_rows(run_dir: Path) -> dict[int, dict]:
@@ -137,6 +139,7 @@ class Jobs:
 
     repo = REPO
     tiny_model = TINY_MODEL
+    tiny = TINY
     command = staticmethod(_command)
     train = staticmethod(_train)
     in_process = staticmethod(_in_process)
@@ -148,26 +151,6 @@ class Jobs:
 @pytest.fixture(scope="session")
 def jobs() -> type[Jobs]:
     return Jobs
-
-
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """DIFFV2_DATA for every job of the session, with stdlib_small prepared once."""
-    root = tmp_path_factory.mktemp("data")
-    previous = os.environ.get("DIFFV2_DATA")
-    os.environ["DIFFV2_DATA"] = str(root)
-    subprocess.run(
-        [sys.executable, "-m", "data.prepare", "data=stdlib_small"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=TIMEOUT_S,
-    )
-    yield root
-    if previous is None:
-        os.environ.pop("DIFFV2_DATA", None)
-    else:
-        os.environ["DIFFV2_DATA"] = previous
 
 
 @pytest.fixture(scope="session")

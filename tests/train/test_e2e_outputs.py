@@ -39,6 +39,10 @@ def test_offline_wandb_run_holds_the_logged_metrics(jobs, fsdp_straight):
         assert history[step]["loss"] == pytest.approx(logged[step]["loss"])
         assert history[step]["lr"] == pytest.approx(logged[step]["lr"])
     assert "val_loss" in history[12] and any(k.startswith("diag/lambda_mean/") for k in history[6])
+    # the claims' diagnostics (under FSDP: the hooks read unsharded weights) and the spike flags reach wandb
+    for key in ("diag/context_rms/L0", "diag/sink_mass_max/L0", "diag/act_ratio/max", "diag/qk_logit_max/L1"):
+        assert key in history[6], key
+    assert {"loss_spike", "grad_spike", "loss_spikes", "grad_spikes"} <= set(history[1])
     # The run id is the one the checkpoint carries, so a resumed job continues this wandb run.
     assert run_file.name == f"run-{run['run_id']}.wandb"
 
