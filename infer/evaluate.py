@@ -12,18 +12,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from infer.load import Loaded, add_source_arguments, load_from_args
+
 
 def evaluate(
-    source: Path,
+    loaded: Loaded,
     tasks: list[str],
     include_path: Path | None = None,
     num_fewshot: int | None = None,
     limit: int | None = None,
     batch_size: int = 8,
-    device: str = "cpu",
     seed: int = 0,
 ) -> dict[str, Any]:
-    """lm-eval's results for `tasks` on the model of `source`: {"results": {task: {metric: value}}, ...}."""
+    """lm-eval's results for `tasks` on a loaded model: {"results": {task: {metric: value}}, ...}."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -40,7 +41,7 @@ def evaluate(
     if missing:
         where = f" or under --include-path {include_path}" if include_path else ""
         raise ValueError(f"unknown lm-eval task(s) {missing}: not among lm-eval's tasks{where}")
-    lm = DiffV2LM(source, batch_size=batch_size, device=device, seed=seed)
+    lm = DiffV2LM(loaded, batch_size=batch_size, seed=seed)
     out = simple_evaluate(
         model=lm,
         tasks=tasks,
@@ -53,7 +54,7 @@ def evaluate(
         fewshot_random_seed=seed,
     )
     return {
-        "source": str(source),
+        "source": str(loaded.source),
         "tasks": tasks,
         "num_fewshot": num_fewshot,
         "limit": limit,
@@ -90,13 +91,12 @@ def log_wandb(results: dict[str, Any], mode: str, project: str, out: Path) -> No
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m infer.evaluate", description=__doc__)
-    parser.add_argument("source", type=Path, help="run dir, checkpoint dir or export dir")
+    add_source_arguments(parser)
     parser.add_argument("--tasks", nargs="+", required=True, help="lm-eval task names")
     parser.add_argument("--include-path", type=Path, help="a folder of extra task YAML files")
     parser.add_argument("--num-fewshot", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None, help="at most this many documents per task")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("lm_eval_results.json"), help="results JSON")
     parser.add_argument("--wandb-mode", choices=["disabled", "offline", "online"], default="disabled")
@@ -106,13 +106,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"infer.evaluate: --include-path {args.include_path} is not a directory")
     try:
         results = evaluate(
-            args.source,
+            load_from_args(args),
             args.tasks,
             args.include_path,
             args.num_fewshot,
             args.limit,
             args.batch_size,
-            args.device,
             args.seed,
         )
     except ValueError as err:

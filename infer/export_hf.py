@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import tiktoken
 
-from infer.load import Loaded, load
+from infer.load import Loaded, add_source_arguments, load_from_args
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -121,10 +121,10 @@ def export_hf(loaded: Loaded, out_dir: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m infer.export_hf", description=__doc__)
-    parser.add_argument("source", type=Path, help="run dir, checkpoint dir or export dir")
+    add_source_arguments(parser)
     parser.add_argument("out_dir", type=Path, help="the Hugging Face directory to write")
     args = parser.parse_args(argv)
-    out = export_hf(load(args.source), args.out_dir)
+    out = export_hf(load_from_args(args), args.out_dir)
     print(f"exported {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
 
 

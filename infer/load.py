@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +66,13 @@ def _load_export(export_dir: Path, device: torch.device, dtype: torch.dtype) -> 
 
 
 def load(
-    source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    source: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    verify: bool = True,
 ) -> Loaded:
-    """The model and tokenizer of `source` (see the module docstring for what it may be)."""
+    """The model and tokenizer of `source` (see the module docstring for what it may be); `verify=False`
+    reads a checkpoint without checksums.json (written before checkpoints carried checksums)."""
     path = Path(source)
     device = torch.device(device)
     if is_export_dir(path):
@@ -83,10 +88,23 @@ def load(
     had_group = dist.is_initialized()  # export_checkpoint starts a 1-rank gloo group for DCP when none runs
     try:
         with tempfile.TemporaryDirectory(prefix="diffv2-export-") as tmp:
-            export_checkpoint(path, Path(tmp))
+            export_checkpoint(path, Path(tmp), verify=verify)
             loaded = _load_export(Path(tmp), device, dtype)
     finally:
         if not had_group and dist.is_initialized():
             dist.destroy_process_group()
     loaded.source = path
     return loaded
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """SOURCE, --device and --no-verify: what every infer command loads its model with."""
+    parser.add_argument("source", type=Path, help="run dir, checkpoint dir or export dir")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="load a checkpoint that has no checksums.json (an older one)"
+    )
+
+
+def load_from_args(args: argparse.Namespace) -> Loaded:
+    return load(args.source, args.device, verify=not args.no_verify)

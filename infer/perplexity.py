@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from infer.load import Loaded, load
+from infer.load import Loaded, add_source_arguments, load_from_args
 from infer.scoring import token_logprobs
 
 
@@ -48,18 +48,17 @@ def perplexity(loaded: Loaded, texts: list[str], stride: int | None = None) -> P
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m infer.perplexity", description=__doc__)
-    parser.add_argument("source", type=Path, help="run dir, checkpoint dir or export dir")
+    add_source_arguments(parser)
     parser.add_argument("files", type=Path, nargs="+", help="UTF-8 text files, each one document")
     parser.add_argument(
         "--stride", type=int, default=None, help="new tokens per window (default: max_seq_len, disjoint)"
     )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = parser.parse_args(argv)
     for file in args.files:
         if not file.is_file():
             raise SystemExit(f"infer.perplexity: {file} is not a file")
-    loaded = load(args.source, args.device)
+    loaded = load_from_args(args)
     try:
         result = perplexity(loaded, [f.read_text(encoding="utf-8") for f in args.files], args.stride)
     except ValueError as err:

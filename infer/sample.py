@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from infer.load import Loaded, load
+from infer.load import Loaded, add_source_arguments, load_from_args
 
 DEFAULT_NEW_TOKENS = 64
 
@@ -72,7 +72,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m infer.sample", description=__doc__)
-    parser.add_argument("source", type=Path, help="run dir, checkpoint dir or export dir")
+    add_source_arguments(parser)
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", type=Path, help="one prompt per line")
     parser.add_argument(
@@ -86,11 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-eot", action="store_true", help="do not stop at <|endoftext|>")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--json", action="store_true", help="print one JSON line per prompt")
     args = parser.parse_args(argv)
     prompts = _prompts(args)
-    loaded = load(args.source, args.device)
+    loaded = load_from_args(args)
     if args.max_new_tokens is None:
         longest = max(len(_encode(loaded, p)) for p in prompts)
         args.max_new_tokens = max(1, min(DEFAULT_NEW_TOKENS, loaded.cfg.max_seq_len - longest))

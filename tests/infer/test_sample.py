@@ -66,6 +66,16 @@ def test_a_run_stopped_before_its_export_samples_from_its_latest_checkpoint(
     assert _sample(capsys, str(stopped), *argv) == _sample(capsys, str(trained_run), *argv)
 
 
+def test_a_checkpoint_without_checksums_loads_only_with_no_verify(trained_run: Path, tmp_path, capsys):
+    old = tmp_path / "old"  # as written before checkpoints carried checksums
+    shutil.copytree(trained_run / "checkpoints" / "step_00000004", old)
+    (old / "checksums.json").unlink()
+    argv = (str(old), "--prompt", "def", "--max-new-tokens", "4", "--temperature", "0")
+    with pytest.raises(Exception, match="checksums.json"):
+        sample_main(list(argv))
+    assert _sample(capsys, *argv, "--no-verify") == _sample(capsys, str(trained_run), *argv[1:])
+
+
 def test_prompts_file_gives_each_prompt_its_own_continuation_in_order(trained_run: Path, tmp_path, capsys):
     prompts = [
         "class A:\\n    def",

@@ -99,7 +99,15 @@ def test_second_job_into_a_run_dir_fails_at_once_naming_the_holder_and_a_killed_
 ):
     run_dir = jobs.copy_run(saved_run, tmp_path / "run")
     first = subprocess.Popen(
-        jobs.command(run_dir, "trainer.max_steps=100000", "trainer.eval_interval=0", "checkpoint.interval=2"),
+        # keep_last: step 8 must outlive the steps this job trains while the second one is refused (a race
+        # with the default 2 on a busy machine).
+        jobs.command(
+            run_dir,
+            "trainer.max_steps=100000",
+            "trainer.eval_interval=0",
+            "checkpoint.interval=2",
+            "checkpoint.keep_last=1000",
+        ),
         cwd=jobs.repo,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
