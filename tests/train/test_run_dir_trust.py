@@ -116,6 +116,7 @@ def test_second_job_into_a_run_dir_fails_at_once_naming_the_holder_and_a_killed_
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (run_dir / "checkpoints" / "step_00000008").exists():
             time.sleep(0.2)
+        assert (run_dir / "checkpoints" / "step_00000008").is_dir(), "the first job wrote no checkpoint"
         assert first.poll() is None, "the first job ended before the second started"
         started = time.monotonic()
         second = jobs.in_process(run_dir, *SHORT, "trainer.max_steps=100")
