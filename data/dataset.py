@@ -74,7 +74,59 @@ def _check_split_listing(dataset_dir: Path, split: str, entry: dict) -> None:
         )
 
 
-class TokenDataset:
+class ShardStream:
+    """Reads a split's shards as one token stream cut into windows. Subclasses set seq_len, vocab_size and
+    starts (each shard's first token in the stream) and say how a shard's tokens are reached: mapped from a
+    local directory (TokenDataset) or fetched through a cache (data/storage.py: RemoteDataset)."""
+
+    seq_len: int
+    vocab_size: int
+    starts: np.ndarray
+
+    def shard_tokens(self, shard: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def shard_name(self, shard: int) -> str:
+        """The shard's path or URL, for error messages."""
+        raise NotImplementedError
+
+    def tokens(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the split's stream as int64, read across shard boundaries."""
+        out = np.empty(stop - start, dtype=np.int64)
+        shard = int(np.searchsorted(self.starts, start, side="right")) - 1
+        filled = 0
+        while filled < len(out):
+            lo = start + filled - int(self.starts[shard])
+            piece = self.shard_tokens(shard)[lo : lo + len(out) - filled]
+            out[filled : filled + len(piece)] = piece
+            filled += len(piece)
+            shard += 1
+        return out
+
+    def windows(self, ids: np.ndarray) -> np.ndarray:
+        """[len(ids), seq_len + 1] int64 windows."""
+        span = self.seq_len + 1
+        out = np.empty((len(ids), span), dtype=np.int64)
+        for row, i in enumerate(ids.tolist()):
+            out[row] = self.tokens(i * self.seq_len, i * self.seq_len + span)
+        # Microseconds per batch; an id outside the vocabulary would fail in the embedding naming no file.
+        if out.size and int(out.max()) >= self.vocab_size:
+            self._raise_out_of_vocab(ids, out)
+        return out
+
+    def _raise_out_of_vocab(self, ids: np.ndarray, out: np.ndarray) -> None:
+        row, col = (int(x) for x in np.argwhere(out >= self.vocab_size)[0])
+        position = int(ids[row]) * self.seq_len + col
+        shard = int(np.searchsorted(self.starts, position, side="right")) - 1
+        at, token = position - int(self.starts[shard]), int(out[row, col])
+        raise DatasetError(
+            f"{self.shard_name(shard)}: token id {token} at token {at} is outside the vocabulary of "
+            f"{self.vocab_size} tokens recorded in its manifest; the shard was altered after prepare "
+            "(verification at start-up would have caught it). Prepare the dataset again"
+        )
+
+
+class TokenDataset(ShardStream):
     def __init__(self, dataset_dir: str | Path, split: str, seq_len: int, verify: bool = True) -> None:
         """verify: check each shard's payload (sha256, token ids) against the manifest before first use; a
         pass is remembered per machine (data/verify.py), so only the first open of a shard pays for it."""
@@ -127,37 +179,8 @@ class TokenDataset:
                 f"sequence of seq_len={seq_len} (+1 target token); prepare more text or lower seq_len"
             )
 
-    def tokens(self, start: int, stop: int) -> np.ndarray:
-        """Tokens [start, stop) of the split's stream as int64, read across shard boundaries."""
-        out = np.empty(stop - start, dtype=np.int64)
-        shard = int(np.searchsorted(self.starts, start, side="right")) - 1
-        filled = 0
-        while filled < len(out):
-            lo = start + filled - int(self.starts[shard])
-            piece = self.shards[shard][lo : lo + len(out) - filled]
-            out[filled : filled + len(piece)] = piece
-            filled += len(piece)
-            shard += 1
-        return out
+    def shard_tokens(self, shard: int) -> np.ndarray:
+        return self.shards[shard]
 
-    def windows(self, ids: np.ndarray) -> np.ndarray:
-        """[len(ids), seq_len + 1] int64 windows."""
-        span = self.seq_len + 1
-        out = np.empty((len(ids), span), dtype=np.int64)
-        for row, i in enumerate(ids.tolist()):
-            out[row] = self.tokens(i * self.seq_len, i * self.seq_len + span)
-        # Microseconds per batch; an id outside the vocabulary would fail in the embedding naming no file.
-        if out.size and int(out.max()) >= self.vocab_size:
-            self._raise_out_of_vocab(ids, out)
-        return out
-
-    def _raise_out_of_vocab(self, ids: np.ndarray, out: np.ndarray) -> None:
-        row, col = (int(x) for x in np.argwhere(out >= self.vocab_size)[0])
-        position = int(ids[row]) * self.seq_len + col
-        shard = int(np.searchsorted(self.starts, position, side="right")) - 1
-        at = position - int(self.starts[shard])
-        raise DatasetError(
-            f"{self.paths[shard]}: token id {int(out[row, col])} at token {at} is outside the vocabulary of "
-            f"{self.vocab_size} tokens recorded in {self.dir / MANIFEST}; the shard was altered after "
-            "prepare (verification at start-up would have caught it). Prepare the dataset again"
-        )
+    def shard_name(self, shard: int) -> str:
+        return str(self.paths[shard])

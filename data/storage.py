@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from data.config import CacheConfig, DataConfig
-from data.dataset import TokenDataset
+from data.dataset import ShardStream, TokenDataset
 from data.shards import MANIFEST, SPLITS, VERSION, DatasetError, dtype_for_vocab, open_shard
 
 CHUNK = 8 << 20
@@ -210,7 +210,7 @@ def read_remote_manifest(url: str) -> tuple[object, str, dict]:
     return fs, root, manifest
 
 
-class RemoteDataset:
+class RemoteDataset(ShardStream):
     """One split of a dataset URL as a token stream cut into windows (TokenDataset's layout and interface)."""
 
     def __init__(
@@ -297,26 +297,11 @@ class RemoteDataset:
             if shard not in self._ahead and shard not in self._maps:
                 self._ahead[shard] = self._pool.submit(self._fetch, shard)
 
-    def tokens(self, start: int, stop: int) -> np.ndarray:
-        """Tokens [start, stop) of the split's stream as int64, read across shard boundaries."""
-        out = np.empty(stop - start, dtype=np.int64)
-        shard = int(np.searchsorted(self.starts, start, side="right")) - 1
-        filled = 0
-        while filled < len(out):
-            lo = start + filled - int(self.starts[shard])
-            piece = self._shard(shard)[lo : lo + len(out) - filled]
-            out[filled : filled + len(piece)] = piece
-            filled += len(piece)
-            shard += 1
-        return out
+    def shard_tokens(self, shard: int) -> np.ndarray:
+        return self._shard(shard)
 
-    def windows(self, ids: np.ndarray) -> np.ndarray:
-        """[len(ids), seq_len + 1] int64 windows."""
-        span = self.seq_len + 1
-        out = np.empty((len(ids), span), dtype=np.int64)
-        for row, i in enumerate(ids.tolist()):
-            out[row] = self.tokens(i * self.seq_len, i * self.seq_len + span)
-        return out
+    def shard_name(self, shard: int) -> str:
+        return f"{self.dir}/{self.entries[shard]['file']}"
 
     def close(self) -> None:
         """Stops the background downloads (a later prefetch starts them again)."""
