@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from data.config import DataConfig
+from errors import ConfigError, UnknownConfigKey
 from launch.config import LaunchConfig
 from model.config import ModelConfig
 from train.config import (
@@ -27,14 +28,6 @@ from train.config import (
     TrainerConfig,
     WandbConfig,
 )
-
-
-class ConfigError(ValueError):
-    """A config value that cannot run; the message names the key, the value and what was expected."""
-
-
-class UnknownConfigKey(ConfigError):
-    """A key the schema does not know, e.g. added with `+` (Hydra suggests `+key=` for a misspelt key)."""
 
 
 @dataclass
