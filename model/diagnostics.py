@@ -78,7 +78,10 @@ class DiagnosticsRecorder:
             self._handles.append(block.register_forward_hook(self._block_hook(i)))
             # V1's head output is read before its per-head RMSNorm, which would pin its RMS near the weight.
             before_o = attn.subln if isinstance(attn, DiffV1Attention) else attn.o_proj
-            self._handles.append(before_o.register_forward_pre_hook(self._context_hook(i, attn)))
+            # prepend: the heads as the attention passed them, before a wrapper's hook (tensor parallel's)
+            # converts them
+            hook = self._context_hook(i, attn)
+            self._handles.append(before_o.register_forward_pre_hook(hook, prepend=True))
             self._handles.append(attn.register_forward_hook(self._attention_hook(i)))
         return self
 

@@ -15,7 +15,6 @@ Device = StrEnum("Device", ["auto", "cpu", "cuda"])
 Schedule = StrEnum("Schedule", ["cosine", "wsd", "constant"])
 # optim.fused stays a str field: YAML and Hydra read `true`/`false` as booleans, which Enums refuse.
 Fused = StrEnum("Fused", ["auto", "true", "false"])
-ParallelMode = StrEnum("ParallelMode", ["single", "ddp", "fsdp", "hsdp"])
 MixedPrecision = StrEnum("MixedPrecision", ["auto", "bf16", "fp32"])
 ActivationCheckpointing = StrEnum("ActivationCheckpointing", ["none", "full", "every_k"])
 Backend = StrEnum("Backend", ["auto", "nccl", "gloo"])
@@ -107,10 +106,17 @@ class OptimConfig:
 
 @dataclass
 class ParallelConfig:
-    mode: ParallelMode = ParallelMode.single
-    """single | ddp | fsdp | hsdp."""
-    replicate: int = 1
-    """hsdp: size of the replicate dimension (shard dimension = world / replicate)."""
+    """The layout as degrees of parallelism; their product is the world size (train/degrees.py). The presets
+    conf/parallel/{single,ddp,fsdp,hsdp}.yaml name common choices of them."""
+
+    dp_replicate: int = 1
+    """Data-parallel replicas (full copies, or HSDP's replicate groups); -1: what remains of the world."""
+    dp_shard: int = 1
+    """Ranks FSDP2 shards parameters, gradients and optimizer state over (1: no FSDP); -1: what remains."""
+    tp: int = 1
+    """Tensor-parallel degree: heads and FFN columns split over this many ranks of one node, with
+    sequence-parallel norms and a vocab-sharded loss (train/tensor_parallel.py). Must divide model.n_kv_heads
+    (DIFF V1: n_kv_heads / 2) so every differential pair and its K/V heads sit on one rank."""
     mixed_precision: MixedPrecision = MixedPrecision.auto
     """auto (bf16 params + fp32 reduce on CUDA, fp32 on CPU) | bf16 | fp32."""
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
@@ -122,9 +128,9 @@ class ParallelConfig:
     backend: Backend = Backend.auto
     """auto (nccl on CUDA, gloo on CPU) | nccl | gloo."""
     init: ShardedInit = ShardedInit.rank0
-    """fsdp/hsdp weight init: rank0 (rank 0 builds the full model on its CPU and sends each rank its shards:
-    weights equal at any world size) | sharded (each rank initialises its own shards: no full copy anywhere,
-    but the weights depend on the world size)."""
+    """Weight init of a sharded model (FSDP or TP): rank0 (rank 0 builds the full model on its CPU and sends
+    each rank its shards: weights equal at any layout) | sharded (each rank initialises its own shards: no
+    full copy anywhere, but the weights depend on the layout)."""
 
 
 @dataclass

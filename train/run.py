@@ -61,8 +61,8 @@ def _loader(cfg: RunConfig, info: DistInfo, split: str) -> StreamLoader:
         split,
         t.seq_len,
         t.micro_batch,
-        info.rank,
-        info.world_size,
+        info.dp_rank,  # the ranks of one TP group read the same batches
+        info.dp_size,
         cfg.run.seed,
         shuffle=split == "train",
         pin_memory=info.device.type == "cuda",
@@ -145,7 +145,7 @@ def _build_parts(
         state=state,
         checkpointer=checkpointer,
         logger=_build_logger(cfg, info, run_dir, counters, counters.step),
-        grad_accum=grad_accum_steps(cfg, info.world_size),
+        grad_accum=grad_accum_steps(cfg, info.dp_size),
         config_yaml=config_yaml,
     )
     return parts, resume
@@ -157,9 +157,9 @@ def _announce(parts: LoopParts, run_dir: Path, resume: Path | None) -> None:
     (run_dir / "config.yaml").write_text(parts.config_yaml)
     print(
         f"run {cfg.run.name}: {parts.raw_model.num_params() / 1e6:.2f}M params ({cfg.model.attention}), "
-        f"{info.world_size} x {info.device.type} [{cfg.parallel.mode}], "
+        f"{info.world_size} x {info.device.type} [{info.dims.describe()}], "
         f"{t.global_batch_tokens} tokens/step = {parts.grad_accum} micro-steps x {t.micro_batch} x "
-        f"{t.seq_len} x {info.world_size} ranks; "
+        f"{t.seq_len} x {info.dp_size} data-parallel ranks; "
         f"run dir {run_dir}" + (f"; resumed from {resume} at step {step}" if resume else ""),
         flush=True,
     )

@@ -11,6 +11,7 @@ import math
 
 from conf.schema import ConfigError, RunConfig, check_choices
 from train.config import Fused, TrainerConfig
+from train.degrees import check_tp_fits_model, resolve_dims
 
 __all__ = ["ConfigError", "grad_accum_steps", "validate_run_config"]
 
@@ -35,14 +36,15 @@ def _spike_settings(t: TrainerConfig) -> None:
         )
 
 
-def grad_accum_steps(cfg: RunConfig, world_size: int) -> int:
-    """Micro-steps per optimizer step so that one step sees exactly trainer.global_batch_tokens tokens."""
+def grad_accum_steps(cfg: RunConfig, dp_size: int) -> int:
+    """Micro-steps per optimizer step so that one step sees exactly trainer.global_batch_tokens tokens; the
+    ranks of one TP group share their batches, so only the data-parallel size counts."""
     t = cfg.trainer
-    per_micro_step = t.seq_len * t.micro_batch * world_size
+    per_micro_step = t.seq_len * t.micro_batch * dp_size
     if t.global_batch_tokens % per_micro_step:
         raise ConfigError(
             f"trainer.global_batch_tokens={t.global_batch_tokens} must be a multiple of trainer.seq_len * "
-            f"trainer.micro_batch * world_size = {t.seq_len} * {t.micro_batch} * {world_size} = "
+            f"trainer.micro_batch * data-parallel size = {t.seq_len} * {t.micro_batch} * {dp_size} = "
             f"{per_micro_step}"
         )
     return t.global_batch_tokens // per_micro_step
@@ -96,14 +98,8 @@ def validate_run_config(cfg: RunConfig, world_size: int) -> None:
         raise ConfigError(
             f"trainer.seq_len={trainer.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}"
         )
-    if parallel.mode == "single" and world_size > 1:
-        raise ConfigError(
-            f"parallel.mode='single' runs one process, but world_size={world_size}; use ddp|fsdp"
-        )
-    if parallel.mode == "hsdp":
-        _positive("parallel.replicate", parallel.replicate)
-        if world_size % parallel.replicate:
-            raise ConfigError(
-                f"parallel.replicate={parallel.replicate} must divide world_size={world_size} (hsdp)"
-            )
-    grad_accum_steps(cfg, world_size)
+    dims = resolve_dims(parallel, world_size)
+    check_tp_fits_model(dims, cfg.model)
+    if trainer.seq_len % dims.tp:  # sequence parallel splits every window's positions over the TP ranks
+        raise ConfigError(f"parallel.tp={dims.tp} must divide trainer.seq_len={trainer.seq_len}")
+    grad_accum_steps(cfg, dims.dp_size)
