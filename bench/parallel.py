@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.parallel", description=__doc__.split("\n")[0])
     parser.add_argument("--layouts", nargs="+", choices=sorted(LAYOUTS), default=list(LAYOUTS))
     parser.add_argument("--steps", type=int, default=5, help="timed steps per layout")
+    parser.add_argument("--json", type=Path, help="also write each layout's figures here")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every layout")
     args = parser.parse_args(argv)
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{name}: failed (exit {proc.returncode})\n{proc.stderr[-2000:]}", flush=True)
                 continue
             results[name] = json.loads(out.read_text())
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
     print(f"collectives of one training step ({' '.join(DEFAULTS + args.overrides)}, fp32), per layout:")
     print(f"{'layout':<16} {'collective':<15} {'calls':>6} {'expected':>8} {'MiB':>8} {'expected':>8}")
     for r in results.values():

