@@ -133,7 +133,7 @@ def worker(out: Path, steps: int, overrides: list[str]) -> None:
             step()
         elapsed = time.perf_counter() - start
         if info.is_main:
-            block = sum(p.numel() for p in raw.layers[0].parameters()) * info.dims.tp  # DTensor: global
+            block = sum(p.numel() for p in raw.layers[0].parameters())  # a DTensor counts its global size
             result = {
                 "ranks": info.world_size,
                 "dims": info.dims.describe(),
