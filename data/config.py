@@ -48,7 +48,11 @@ class CacheConfig:
     max_gb: float = 50.0
     """Most disk the cache may use, in GB (1e9 bytes); least recently used shards are deleted first."""
     retries: int = 3
-    """Download attempts per shard (or manifest) before a dropped connection becomes an error."""
+    """Attempts per remote call (a shard download, the manifest) before a dropped connection or a timeout
+    becomes an error."""
+    timeout_s: float = 60.0
+    """Seconds one remote call may wait for the server (connect, and each read) before it is retried: a
+    frozen server ends the job with an error naming the URL instead of hanging it."""
     lookahead: int = 4
     """Micro-batches ahead whose shards are downloaded in the background."""
 

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data.cache import ShardCache
 from data.loader import TokenLoader
-from data.shards import DatasetError
-from data.storage import MANIFEST, ShardCache, filesystem
+from data.objectstore import filesystem
+from data.shards import MANIFEST, DatasetError
+from data.spec import LoaderSpec
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
@@ -112,6 +114,11 @@ def uploaded(s3: DroppingProxy, tmp_path_factory: pytest.TempPathFactory) -> tup
     return url, stage, proc.stdout + proc.stderr
 
 
+def shard_files(cache_dir: Path) -> list[Path]:
+    """Cached shards and download temporaries (the lock file and use markers aside)."""
+    return [*cache_dir.glob("*.bin"), *cache_dir.glob(".*.tmp*")]
+
+
 def stream(loader: TokenLoader, steps: int) -> list[np.ndarray]:
     out = [next(loader)[0].numpy() for _ in range(steps)]
     loader.close()
@@ -126,8 +133,8 @@ def test_prepare_uploads_and_the_loader_reads_the_same_windows_as_the_local_data
     manifest = json.loads(fs.cat_file(f"{root}/{MANIFEST}"))
     assert manifest == json.loads((stage / MANIFEST).read_text())
     assert len(manifest["splits"]["train"]["shards"]) > 10 and SECRET not in output
-    remote = TokenLoader(url, "train", SEQ, 4, 0, 1, 5, cache=ShardCache(tmp_path, 10**8))
-    local = TokenLoader(stage, "train", SEQ, 4, 0, 1, 5)
+    remote = TokenLoader(url, LoaderSpec("train", SEQ, 4, 5), cache=ShardCache(tmp_path, 10**8))
+    local = TokenLoader(stage, LoaderSpec("train", SEQ, 4, 5))
     for got, want in zip(stream(remote, 5), stream(local, 5), strict=True):
         np.testing.assert_array_equal(got, want)
     assert remote.fingerprint == local.fingerprint
@@ -138,7 +145,9 @@ def test_shards_of_the_next_batches_are_downloaded_in_the_background(
 ) -> None:
     url, stage, _ = uploaded
     cache = ShardCache(tmp_path, 10**8)
-    loader = TokenLoader(url, "train", SEQ, 8, 0, 1, 0, shuffle=False, prefetch=0, cache=cache, lookahead=4)
+    loader = TokenLoader(
+        url, LoaderSpec("train", SEQ, 8, 0, shuffle=False, prefetch=0), cache=cache, lookahead=4
+    )
     next(loader)  # reads 8 windows of shard 0; the next 4 batches reach shards 1 and 2
     for future in list(loader._data._ahead.values()):
         future.result()
@@ -152,11 +161,11 @@ def test_a_dropped_connection_is_retried_and_the_shard_arrives_intact(
     s3: DroppingProxy, uploaded: tuple[str, Path, str], tmp_path: Path
 ) -> None:
     url, stage, _ = uploaded
-    loader = TokenLoader(url, "train", SEQ, 4, 0, 1, 5, prefetch=0, cache=ShardCache(tmp_path, 10**8))
+    loader = TokenLoader(url, LoaderSpec("train", SEQ, 4, 5, prefetch=0), cache=ShardCache(tmp_path, 10**8))
     s3.drops, cuts = 1, s3.cuts
     got = stream(loader, 2)
     assert s3.cuts == cuts + 1 and s3.drops == 0
-    np.testing.assert_array_equal(got, stream(TokenLoader(stage, "train", SEQ, 4, 0, 1, 5), 2))
+    np.testing.assert_array_equal(got, stream(TokenLoader(stage, LoaderSpec("train", SEQ, 4, 5)), 2))
 
 
 def test_a_connection_that_keeps_dropping_ends_in_an_error_naming_the_shard(
@@ -164,7 +173,7 @@ def test_a_connection_that_keeps_dropping_ends_in_an_error_naming_the_shard(
 ) -> None:
     url, _, _ = uploaded
     cache = ShardCache(tmp_path, 10**8, retries=2, backoff_s=0.1)
-    loader = TokenLoader(url, "train", SEQ, 4, 0, 1, 5, prefetch=0, cache=cache, lookahead=0)
+    loader = TokenLoader(url, LoaderSpec("train", SEQ, 4, 5, prefetch=0), cache=cache, lookahead=0)
     s3.drops = 10**6
     try:
         with pytest.raises(
@@ -173,7 +182,7 @@ def test_a_connection_that_keeps_dropping_ends_in_an_error_naming_the_shard(
             next(loader)
     finally:
         s3.drops = 0
-    assert not list(tmp_path.iterdir())  # no shard and no half-written temporary
+    assert not shard_files(tmp_path)  # no shard and no half-written temporary
 
 
 def test_bytes_that_differ_from_the_manifest_name_the_shard_and_are_not_cached(
@@ -187,24 +196,24 @@ def test_bytes_that_differ_from_the_manifest_name_the_shard_and_are_not_cached(
     payload = bytearray((stage / first).read_bytes())
     payload[-1] ^= 0xFF  # same size and header, one token changed
     fs.pipe_file(f"{BUCKET}/damaged/{first}", bytes(payload))
-    loader = TokenLoader(bad_url, "train", SEQ, 1, 0, 1, 0, shuffle=False, prefetch=0, lookahead=0,
-                         cache=ShardCache(tmp_path, 10**8))  # fmt: skip
+    spec = LoaderSpec("train", SEQ, 1, 0, shuffle=False, prefetch=0)
+    loader = TokenLoader(bad_url, spec, lookahead=0, cache=ShardCache(tmp_path, 10**8))
     with pytest.raises(
         DatasetError, match=rf"s3://{BUCKET}/damaged/{first}: downloaded bytes have sha256 .* not cached"
     ):
         next(loader)
-    assert not list(tmp_path.iterdir())
+    assert not shard_files(tmp_path)
 
 
 def test_a_resumed_job_with_a_cold_cache_continues_the_stream(
     uploaded: tuple[str, Path, str], tmp_path: Path
 ) -> None:
     url, stage, _ = uploaded
-    expected = stream(TokenLoader(stage, "train", SEQ, 4, 0, 1, 5), 6)
-    first = TokenLoader(url, "train", SEQ, 4, 0, 1, 5, cache=ShardCache(tmp_path / "a", 10**8))
+    expected = stream(TokenLoader(stage, LoaderSpec("train", SEQ, 4, 5)), 6)
+    first = TokenLoader(url, LoaderSpec("train", SEQ, 4, 5), cache=ShardCache(tmp_path / "a", 10**8))
     got = stream(first, 3)
     cold = ShardCache(tmp_path / "b", 10**8)
-    resumed = TokenLoader(url, "train", SEQ, 4, 0, 1, 5, cache=cold)
+    resumed = TokenLoader(url, LoaderSpec("train", SEQ, 4, 5), cache=cold)
     resumed.load_state_dict(first.state_dict())
     got += stream(resumed, 3)
     assert cold.downloads > 0
@@ -216,20 +225,20 @@ def test_the_cache_stays_within_its_bound(uploaded: tuple[str, Path, str], tmp_p
     url, stage, _ = uploaded
     shard_bytes = max(p.stat().st_size for p in stage.glob("train_*.bin"))
     cache = ShardCache(tmp_path, 3 * shard_bytes)
-    loader = TokenLoader(url, "train", SEQ, 8, 0, 1, 5, cache=cache, lookahead=1)
+    loader = TokenLoader(url, LoaderSpec("train", SEQ, 8, 5), cache=cache, lookahead=1)
     for _ in range(6):
         next(loader)
-        with cache.lock:  # the background downloads evict files while this looks
+        with cache.locked(exclusive=False):  # the background downloads evict files while this looks
             assert sum(p.stat().st_size for p in tmp_path.glob("*.bin")) <= 3 * shard_bytes
     loader.close()
     assert cache.downloads > 3  # shards came and went
     with pytest.raises(DatasetError, match=r"data.cache.max_gb=.* holds fewer than 2 shards"):
-        TokenLoader(url, "train", SEQ, 8, 0, 1, 5, cache=ShardCache(tmp_path, shard_bytes))
+        TokenLoader(url, LoaderSpec("train", SEQ, 8, 5), cache=ShardCache(tmp_path, shard_bytes))
 
 
 def test_credentials_in_a_url_are_refused_without_being_repeated() -> None:
     with pytest.raises(DatasetError, match="credentials in a data URL") as err:
-        TokenLoader(f"s3://AKIA:{SECRET}@{BUCKET}/x", "train", SEQ, 1, 0, 1, 0)
+        TokenLoader(f"s3://AKIA:{SECRET}@{BUCKET}/x", LoaderSpec("train", SEQ, 1, 0))
     assert SECRET not in str(err.value)
 
 
