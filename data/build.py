@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+from data.blocks import block_counts
 from data.config import DataConfig
 from data.loader import StreamLoader, TokenLoader
-from data.mixture import MixtureLoader, block_counts, mixture_sources
+from data.mixture import MixtureLoader, mixture_sources
 from data.objectstore import is_url
 from data.prepare import ensure_dataset, prepare_to_url
 from data.remote import MissingManifest, cache_from_config, read_remote_manifest
@@ -36,6 +37,6 @@ def ensure_data(cfg: DataConfig) -> None:
         ensure_dataset(cfg)
         return
     sources = mixture_sources(cfg.mixture)
-    block_counts(sources)
+    block_counts([(s.name, s.weight) for s in sources])
     for source in sources:
         MixtureLoader._open(source, "train", 1)

@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import threading
 from dataclasses import dataclass
-from numbers import Real
 from pathlib import Path
 
 import numpy as np
 
+from data.blocks import BLOCK, block_counts
 from data.config import MixtureSourceConfig
 from data.dataset import TokenDataset, read_manifest
 from data.loader import StreamLoader, WindowStream
 from data.objectstore import is_url
 from data.shards import DatasetError
 from data.spec import LoaderSpec
-
-BLOCK = 4096
-"""Windows per interleaving block: proportions are exact over each block; a source needs weight >= 1/BLOCK."""
 
 
 @dataclass(frozen=True)
@@ -41,31 +37,6 @@ class MixtureSource:
     """Prepared dataset directory (manifest + shards)."""
     weight: float
     """Relative share of training windows; the weights are normalised to sum to 1."""
-
-
-def block_counts(sources: list[MixtureSource], field: str = "data.mixture") -> np.ndarray:
-    """Windows of each source per block: BLOCK * normalised weight, rounded by largest remainder."""
-    if not sources:
-        raise DatasetError(f"{field} is empty; expected at least one source with a dir and a weight")
-    for s in sources:
-        w = s.weight
-        if isinstance(w, bool) or not isinstance(w, Real) or not math.isfinite(w) or w <= 0:
-            raise DatasetError(
-                f"{field}.{s.name}.weight={w!r}: expected a finite number > 0 (a source to leave out is "
-                "removed from the mixture, not weighted 0)"
-            )
-    weights = np.array([float(s.weight) for s in sources])
-    exact = BLOCK * weights / weights.sum()
-    counts = np.floor(exact).astype(np.int64)
-    order = np.argsort(-(exact - counts), kind="stable")  # ties go to the earlier source
-    counts[order[: BLOCK - int(counts.sum())]] += 1
-    for s, c in zip(sources, counts.tolist(), strict=True):
-        if c == 0:
-            raise DatasetError(
-                f"{field}.{s.name}.weight={s.weight!r} is below 1/{BLOCK} of the total "
-                f"({weights.sum():g}): the source would get no window; raise its weight or drop it"
-            )
-    return counts
 
 
 def _name_key(name: str) -> int:
@@ -82,7 +53,7 @@ class MixtureLoader(StreamLoader):
         if len(set(names)) != len(names):
             raise DatasetError(f"data.mixture names a source twice: {names}")
         self.sources = list(sources)
-        self.counts = block_counts(self.sources)
+        self.counts = block_counts([(s.name, s.weight) for s in self.sources])
         opened = [self._open(s, spec.split, spec.seq_len, spec.verify) for s in self.sources]
         self._datasets = [data for data, _ in opened]
         (first_tok, first_fp), first = opened[0][1], self.sources[0]

@@ -6,10 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +266,167 @@ def test_training_from_s3_keeps_credentials_out_of_logs_configs_and_wandb(
     assert any(p.name == "config.yaml" for p in files) and any("wandb" in p.parts for p in files)
     for path in files:
         assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_a_cached_shard_altered_on_disk_is_downloaded_again(
+    uploaded: tuple[str, Path, str], tmp_path: Path
+) -> None:
+    url, stage, _ = uploaded
+    spec = LoaderSpec("train", SEQ, 4, 0, shuffle=False, prefetch=0)
+    expected = stream(TokenLoader(stage, spec), 2)
+    np.testing.assert_array_equal(stream(TokenLoader(url, spec, ShardCache(tmp_path, 10**8), 0), 2), expected)
+    first = json.loads((stage / MANIFEST).read_text())["splits"]["train"]["shards"][0]["sha256"]
+    cached = tmp_path / f"{first}.bin"
+    payload = bytearray(cached.read_bytes())
+    payload[64 + 2 * 5] ^= 0x01  # same size and header; token 5 becomes another valid id
+    cached.write_bytes(bytes(payload))
+    cache = ShardCache(tmp_path, 10**8)
+    np.testing.assert_array_equal(stream(TokenLoader(url, spec, cache, 0), 2), expected)
+    assert (
+        cache.downloads == 1 and cached.read_bytes() == (stage / f"{stage_file(stage, first)}").read_bytes()
+    )
+
+
+def stage_file(stage: Path, sha256: str) -> str:
+    shards = json.loads((stage / MANIFEST).read_text())["splits"]["train"]["shards"]
+    return next(s["file"] for s in shards if s["sha256"] == sha256)
+
+
+def train_from(url: str, cache_dir: Path, run_dir: Path, *extra: str, timeout: float = 180) -> object:
+    """`python -m train` on a dataset URL with a micro model, for 1 step."""
+    return subprocess.run(
+        [sys.executable, "-m", "train", f"data.dir={url}", "data.prepare_if_missing=false",
+         f"data.cache.dir={cache_dir}", "model.d_model=64", "model.n_layers=1", "model.n_heads=4",
+         "model.n_kv_heads=2", "model.head_dim=16", "model.ffn_hidden=128", "model.vocab_size=2048",
+         "model.max_seq_len=64", "trainer.seq_len=64", "trainer.micro_batch=2",
+         "trainer.global_batch_tokens=128", "trainer.max_steps=1", "trainer.eval_batches=1",
+         "optim.warmup_steps=1", "wandb.mode=disabled", f"run.dir={run_dir}", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_a_shard_deleted_from_the_bucket_makes_the_dataset_unavailable_naming_it(
+    uploaded: tuple[str, Path, str], tmp_path: Path
+) -> None:
+    url, stage, _ = uploaded
+    fs, _ = filesystem(url)
+    fs.put(str(stage), f"{BUCKET}/holed", recursive=True)
+    shards = json.loads((stage / MANIFEST).read_text())["splits"]["train"]["shards"]
+    for shard in shards:  # whichever shard the first batch reads is gone
+        fs.rm_file(f"{BUCKET}/holed/{shard['file']}")
+    proc = train_from(f"s3://{BUCKET}/holed", tmp_path / "cache", tmp_path / "run")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.match(
+        rf"dataset unavailable: s3://{BUCKET}/holed/train_\d+\.bin: the shard is not in the bucket", last
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_frozen_server_ends_the_job_with_an_error_instead_of_hanging_it(
+    uploaded: tuple[str, Path, str], tmp_path: Path
+) -> None:
+    import s3fs
+
+    _, stage, _ = uploaded
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+        for _ in range(100):  # the server takes a moment to listen
+            try:
+                fs.mkdir("frozen")
+                break
+            except Exception:
+                time.sleep(0.1)
+        fs.put(str(stage), "frozen/ds", recursive=True)
+        os.kill(server.pid, signal.SIGSTOP)  # connections still open, nothing answers
+        env_before = os.environ["AWS_ENDPOINT_URL"]
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+        try:
+            start = time.monotonic()
+            limits = ["data.cache.timeout_s=1", "data.cache.retries=2"]
+            proc = train_from("s3://frozen/ds", tmp_path / "cache", tmp_path / "run", *limits, timeout=120)
+            took = time.monotonic() - start
+        finally:
+            os.environ["AWS_ENDPOINT_URL"] = env_before
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.terminate()
+        server.wait(timeout=30)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "s3://frozen/ds/manifest.json: failed 2 times" in proc.stderr.strip().splitlines()[-1]
+    assert took < 60
+
+
+def test_loaders_sharing_a_cache_directory_share_its_bound(
+    uploaded: tuple[str, Path, str], tmp_path: Path
+) -> None:
+    url, stage, _ = uploaded
+    shard_bytes = max(p.stat().st_size for p in stage.glob("train_*.bin"))
+    bound = 3 * shard_bytes
+    loaders = [
+        TokenLoader(
+            url, LoaderSpec("train", SEQ, 8, seed, prefetch=0), ShardCache(tmp_path, bound), lookahead=0
+        )
+        for seed in (1, 2)
+    ]  # e.g. a job's train and val loaders, or two jobs
+    for _ in range(6):
+        for loader in loaders:
+            next(loader)
+            assert sum(p.stat().st_size for p in tmp_path.glob("*.bin")) <= bound
+    for loader in loaders:
+        loader.close()
+
+
+CACHE_WORKER = """
+import sys
+import numpy as np
+from data.cache import ShardCache
+from data.loader import TokenLoader
+from data.spec import LoaderSpec
+
+url, stage, cache_dir, bound, index = sys.argv[1:]
+for round in range(12):
+    spec = LoaderSpec("train", 256, 8, seed=int(index) * 100 + round, prefetch=0)
+    remote = TokenLoader(url, spec, ShardCache(cache_dir, int(bound)), lookahead=2)
+    local = TokenLoader(stage, spec)
+    for _ in range(3):
+        np.testing.assert_array_equal(next(remote)[0].numpy(), next(local)[0].numpy())
+    remote.close()
+"""
+
+
+def test_processes_sharing_a_cache_directory_under_eviction_all_read_their_stream(
+    uploaded: tuple[str, Path, str], tmp_path: Path
+) -> None:
+    url, stage, _ = uploaded
+    bound = 2 * max(p.stat().st_size for p in stage.glob("train_*.bin"))  # the least a loader accepts
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                CACHE_WORKER,
+                url,
+                str(stage),
+                str(tmp_path / "cache"),
+                str(bound),
+                str(i),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(3)
+    ]
+    results = [worker.communicate(timeout=300) for worker in workers]
+    for worker, (_, err) in zip(workers, results, strict=True):
+        assert worker.returncode == 0, err[-3000:]
