@@ -293,13 +293,13 @@ def stage_file(stage: Path, sha256: str) -> str:
 
 
 def train_from(url: str, cache_dir: Path, run_dir: Path, *extra: str, timeout: float = 180) -> object:
-    """`python -m train` on a dataset URL with a micro model, for 1 step."""
+    """`python -m train` on a dataset URL with a micro model, for 2 steps."""
     return subprocess.run(
         [sys.executable, "-m", "train", f"data.dir={url}", "data.prepare_if_missing=false",
          f"data.cache.dir={cache_dir}", "model.d_model=64", "model.n_layers=1", "model.n_heads=4",
          "model.n_kv_heads=2", "model.head_dim=16", "model.ffn_hidden=128", "model.vocab_size=2048",
          "model.max_seq_len=64", "trainer.seq_len=64", "trainer.micro_batch=2",
-         "trainer.global_batch_tokens=128", "trainer.max_steps=1", "trainer.eval_batches=1",
+         "trainer.global_batch_tokens=128", "trainer.max_steps=2", "trainer.eval_batches=1",
          "optim.warmup_steps=1", "wandb.mode=disabled", f"run.dir={run_dir}", *extra],
         cwd=REPO, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
