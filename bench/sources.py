@@ -60,8 +60,10 @@ def _s3_loaders(dataset: Path, root: Path, seq_len: int, micro_batch: int) -> tu
         from moto.server import ThreadedMotoServer
     except ImportError:
         return None
+    from data.cache import ShardCache
     from data.loader import TokenLoader
-    from data.storage import ShardCache, filesystem, upload_dataset
+    from data.objectstore import filesystem
+    from data.upload import upload_dataset
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

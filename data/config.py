@@ -92,7 +92,7 @@ class DataConfig:
     prepare_if_missing: bool = True
     """Training prepares the dataset (and tokenizer) when its manifest is missing."""
     cache: CacheConfig = field(default_factory=CacheConfig)
-    """Where shards of a data.dir URL are kept locally (data/storage.py)."""
+    """Where shards of a data.dir URL are kept locally (data/cache.py)."""
     mixture: dict[str, MixtureSourceConfig] = field(default_factory=dict)
     """Train on several prepared datasets by weight, name -> {dir, weight} (data/mixture.py); empty: data.dir
     alone. The sources must exist already (prepare_if_missing covers data.dir only)."""
