@@ -198,8 +198,8 @@ def test_validation_mixture_is_the_same_every_pass(sources: list[MixtureSource])
 
 
 def test_config_mixture_builds_a_mixture_loader_in_name_order(sources: list[MixtureSource]) -> None:
-    from data.config import MixtureSourceConfig
     from data.build import build_loader
+    from data.config import MixtureSourceConfig
 
     cfg = DataConfig(mixture={s.name: MixtureSourceConfig(s.dir, s.weight) for s in reversed(sources)})
     loader = build_loader(cfg, LoaderSpec("train", SEQ, 4, 3, shuffle=True, pin_memory=False))
