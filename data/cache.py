@@ -8,10 +8,11 @@ shared lock, so no process evicts a file between another's check and its map (a 
 after unlink). A shard evicted right after its download is simply fetched again.
 
 A download goes to a temporary file, is hashed, and is renamed into place only when its sha256 matches the
-manifest. A cached file is checked again on every open the way local shards are (`use`, e.g. data/verify.py's
-stamp keyed on inode, size, mtime and ctime): a file altered on disk is downloaded once more, and a second
-failure names the shard. Recency is the mtime of a 0-byte marker beside each shard (`.<sha>.used`), touched
-on use, so the shard's own mtime and ctime (its verified stamp) stay as they were.
+manifest; its downloader uses it (maps it) before releasing the lock, so another process's eviction cannot
+take it away first. A cached file is checked again on every open the way local shards are (`use`, e.g.
+data/verify.py's stamp keyed on inode, size, mtime and ctime): a file altered on disk is downloaded once
+more, and a second failure names the shard. Recency is the mtime of a 0-byte marker beside each shard
+(`.<sha>.used`), touched on use, so the shard's own mtime and ctime (its verified stamp) stay as they were.
 """
 
 from __future__ import annotations
@@ -133,14 +134,20 @@ class ShardCache:
             if failed is not None:  # altered on disk since it was verified: drop it, download it once more
                 with self.locked(exclusive=True):
                     path.unlink(missing_ok=True)
-            self._download(fs, remote, sha256, size, keep)
+            downloaded, result = self._download(fs, remote, sha256, size, keep, use)
+            if downloaded:
+                return result
         raise DatasetError(
             f"{url}: other processes evicted it {EVICTED_RETRIES} times right after its download; "
             f"data.cache.max_gb={self.max_bytes / 1e9:g} is too small for the jobs sharing {self.root}"
         )
 
-    def _download(self, fs: object, remote: str, sha256: str, size: int, keep: frozenset) -> None:
-        """Downloads the shard into place once (threads of this process asking for it meanwhile wait)."""
+    def _download(
+        self, fs: object, remote: str, sha256: str, size: int, keep: frozenset, use: Callable[[Path], T]
+    ) -> tuple[bool, T | None]:
+        """(True, use(path)) once this thread downloaded the shard into place and used it before any process
+        could evict it; (False, None) when another thread of this process was downloading it (it is in place
+        now, unless evicted since)."""
         with self._pending_lock:
             event = self._pending.get(sha256)
             mine = event is None
@@ -148,7 +155,7 @@ class ShardCache:
                 event = self._pending[sha256] = threading.Event()
         if not mine:
             event.wait()
-            return
+            return False, None
         tmp: Path | None = None
         url = fs.unstrip_protocol(remote)
         try:
@@ -166,10 +173,15 @@ class ShardCache:
                     "dataset was changed or deleted after upload. Upload it again (`python -m data.prepare "
                     "data.dir=<url>`) or point data.dir at a complete copy"
                 ) from None
-            with self.locked(exclusive=True):
-                os.replace(tmp, self.path(sha256))
+            with self.locked(exclusive=True):  # used before another process may evict it
+                path = self.path(sha256)
+                os.replace(tmp, path)
                 self._marker(sha256).touch()
-            self.downloads += 1
+                self.downloads += 1
+                try:
+                    return True, use(path)
+                except DatasetError as err:
+                    raise DatasetError(f"{url}: fails its check right after download: {err}") from err
         finally:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)

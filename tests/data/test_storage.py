@@ -394,6 +394,8 @@ from data.spec import LoaderSpec
 
 url, stage, cache_dir, bound, index = sys.argv[1:]
 for round in range(12):
+    for _ in range(100):  # caches created while the other processes download and evict
+        ShardCache(cache_dir, int(bound))
     spec = LoaderSpec("train", 256, 8, seed=int(index) * 100 + round, prefetch=0)
     remote = TokenLoader(url, spec, ShardCache(cache_dir, int(bound)), lookahead=2)
     local = TokenLoader(stage, spec)
