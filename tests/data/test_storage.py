@@ -432,3 +432,24 @@ def test_processes_sharing_a_cache_directory_under_eviction_all_read_their_strea
     results = [worker.communicate(timeout=300) for worker in workers]
     for worker, (_, err) in zip(workers, results, strict=True):
         assert worker.returncode == 0, err[-3000:]
+
+
+def test_a_dataset_url_gets_the_local_manifest_checks(
+    uploaded: tuple[str, Path, str], tmp_path: Path
+) -> None:
+    url, stage, _ = uploaded
+    fs, _ = filesystem(url)
+    spec = LoaderSpec("train", SEQ, 1, 0, prefetch=0)
+    manifest = json.loads((stage / MANIFEST).read_text())
+    cut = json.loads(json.dumps(manifest))
+    cut["splits"]["train"]["shards"].pop()  # a shard dropped from the listing, fingerprint left as it was
+    fs.put(str(stage), f"{BUCKET}/cut", recursive=True)
+    fs.pipe_file(f"{BUCKET}/cut/{MANIFEST}", json.dumps(cut).encode())
+    with pytest.raises(DatasetError, match=rf"s3://{BUCKET}/cut/{MANIFEST}: its content does not match"):
+        TokenLoader(f"s3://{BUCKET}/cut", spec, ShardCache(tmp_path, 10**8))
+    fs.put(str(stage), f"{BUCKET}/extra", recursive=True)
+    fs.put_file(
+        str(stage / manifest["splits"]["train"]["shards"][0]["file"]), f"{BUCKET}/extra/train_999999.bin"
+    )
+    with pytest.raises(DatasetError, match=r"also holds 1 it does not list \(train_999999\.bin\)"):
+        TokenLoader(f"s3://{BUCKET}/extra", spec, ShardCache(tmp_path, 10**8))
