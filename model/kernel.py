@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.documents import Documents, sdpa_mask, varlen_segments
+from .documents import Documents, sdpa_mask, varlen_segments
 
 try:  # optional: `pip install -e '.[flash]'` on CUDA machines
     from flash_attn import flash_attn_func, flash_attn_varlen_func

@@ -1,0 +1,29 @@
+"""The attention variants by `model.attention` name: each is one module (model/attention_<name>.py) with its
+`AttentionVariant` (model/attention.py) and one preset (conf/attention/<name>.yaml).
+
+Adding a variant: write its module, list it here, add its name to model/config.py's `Attention` choices (the
+config layer reads those without importing torch) and its preset.
+"""
+
+from __future__ import annotations
+
+from . import attention_baseline, attention_diff_v1, attention_diff_v2
+from .attention import AttentionModule, AttentionVariant
+from .config import ModelConfig
+
+VARIANTS: dict[str, AttentionVariant] = {
+    v.name: v for v in (attention_baseline.VARIANT, attention_diff_v1.VARIANT, attention_diff_v2.VARIANT)
+}
+
+
+def attention_variant(cfg: ModelConfig) -> AttentionVariant:
+    """The registered variant `cfg.attention` names."""
+    name = str(cfg.attention)
+    if name not in VARIANTS:
+        raise ValueError(f"model.attention={name!r} is not one of {sorted(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def build_attention(cfg: ModelConfig, layer_idx: int) -> AttentionModule:
+    """The attention module of block `layer_idx` for the configured variant."""
+    return attention_variant(cfg).build(cfg, layer_idx)
