@@ -7,13 +7,14 @@ config layer reads those without importing torch) and its preset.
 
 from __future__ import annotations
 
-from . import attention_baseline, attention_diff_v1, attention_diff_v2
 from .attention import AttentionModule, AttentionVariant
+from .attention_baseline import VARIANT as BASELINE
+from .attention_diff_v1 import VARIANT as DIFF_V1
+from .attention_diff_v2 import VARIANT as DIFF_V2
 from .config import ModelConfig
 
-VARIANTS: dict[str, AttentionVariant] = {
-    v.name: v for v in (attention_baseline.VARIANT, attention_diff_v1.VARIANT, attention_diff_v2.VARIANT)
-}
+# `from .x import` lines, not `from . import x`: the Hugging Face export's loader follows only the former.
+VARIANTS: dict[str, AttentionVariant] = {v.name: v for v in (BASELINE, DIFF_V1, DIFF_V2)}
 
 
 def attention_variant(cfg: ModelConfig) -> AttentionVariant:
