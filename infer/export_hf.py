@@ -69,7 +69,7 @@ def _dependencies(path: Path, source: str, entry: bool, repo: Path) -> tuple[lis
         elif level or top in PROJECT_PACKAGES:
             raise ExportError(
                 f"{path}:{node.lineno}: {lines[node.lineno - 1].strip()!r} is an import the Hugging Face "
-                "export cannot carry: model/ imports its own modules relatively (`from .<module> import ...`) "
+                "export cannot carry: model/ imports its own modules relatively (`from .<module> import`) "
                 "and no other project package but errors"
             )
     return needed, rewrites
