@@ -152,3 +152,19 @@ def test_two_files_of_one_name_stop_the_export_naming_both(tmp_path: Path):
         ValueError, match=r"model/modeling_diffv2.py and .*glue/modeling_diffv2.py would both be"
     ):
         remote_code(("glue/modeling_diffv2.py",), repo=tmp_path)
+
+
+def test_an_export_whose_model_vocab_exceeds_the_tokenizers_suppresses_the_extra_ids(
+    trained_run: Path, tmp_path
+):
+    enc = load_bpe(trained_run / "tokenizer")
+    cfg = ModelConfig(
+        vocab_size=enc.n_vocab + 64, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8,
+        ffn_hidden=32, max_seq_len=16,
+    )  # fmt: skip
+    save_weights(Transformer(cfg).state_dict(), cfg, tmp_path / "src")
+    for name in ("tokenizer.tiktoken", "tokenizer.json"):
+        shutil.copy(trained_run / name, tmp_path / "src" / name)
+    export_hf_main([str(tmp_path / "src"), str(tmp_path / "hf")])
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["suppress_tokens"] == list(range(enc.n_vocab, cfg.vocab_size))

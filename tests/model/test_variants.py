@@ -129,4 +129,3 @@ def test_the_block_builds_its_feed_forward_from_the_registry_and_forward_collect
     aux: dict[str, torch.Tensor] = {}
     logits = model(torch.zeros(1, 4, dtype=torch.long), aux_losses=aux)
     assert len(aux) == CFG.n_layers and logits.shape == (1, 4, CFG.vocab_size)
-    assert set(model.state_dict()) == set(Transformer(dataclasses.replace(CFG)).state_dict()) or True
