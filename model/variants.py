@@ -7,6 +7,8 @@ config layer reads those without importing torch) and its preset.
 
 from __future__ import annotations
 
+from errors import ConfigError
+
 from .attention import AttentionModule, AttentionVariant
 from .attention_baseline import VARIANT as BASELINE
 from .attention_diff_v1 import VARIANT as DIFF_V1
@@ -21,7 +23,7 @@ def attention_variant(cfg: ModelConfig) -> AttentionVariant:
     """The registered variant `cfg.attention` names."""
     name = str(cfg.attention)
     if name not in VARIANTS:
-        raise ValueError(f"model.attention={name!r} is not one of {sorted(VARIANTS)}")
+        raise ConfigError(f"model.attention={name!r} is not one of {sorted(VARIANTS)}")
     return VARIANTS[name]
 
 
