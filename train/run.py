@@ -10,8 +10,9 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from conf import RunConfig
+from data.build import build_loader, ensure_data
 from data.loader import StreamLoader
-from data.mixture import build_loader, ensure_data
+from data.spec import LoaderSpec
 from train.checkpoint import Checkpointer, complete_checkpoints
 from train.export import export_model
 from train.loop import LoopParts, RunResult, Trainer, TrainingDiverged
@@ -56,18 +57,19 @@ def _prepare_data(cfg: RunConfig, info: DistInfo) -> None:
 def _loader(cfg: RunConfig, info: DistInfo, split: str) -> StreamLoader:
     """This rank's slice of the global stream: shuffled for train, in order (reset per eval) for val."""
     t = cfg.trainer
-    return build_loader(
-        cfg.data,
+    spec = LoaderSpec(
         split,
         t.seq_len,
         t.micro_batch,
-        info.dp_rank,  # the ranks of one TP group read the same batches
-        info.dp_size,
         cfg.run.seed,
+        dp_rank=info.dp_rank,  # the ranks of one TP group read the same batches
+        dp_size=info.dp_size,
         shuffle=split == "train",
+        prefetch=cfg.data.prefetch,
         pin_memory=info.device.type == "cuda",
         verify=cfg.data.verify_shards,
     )
+    return build_loader(cfg.data, spec)
 
 
 def _build_logger(

@@ -12,8 +12,8 @@ K/V heads [r * h_kv/tp, ...). DIFF V2's pairs (2j, 2j+1) are adjacent and a GQA 
 and the K/V head it reads are on one rank: the subtraction needs no collective. DIFF V1 likewise when tp
 divides h_kv / 2 (its values are 2d wide, one per pair of key sub-heads).
 
-The model stays free of torch.distributed: after the projections are sharded, each attention module is told
-its local head counts, the numbers its reshapes use.
+The model stays free of torch.distributed: its attention reshapes take the head count from the tensor
+(`view(B, N, -1, d)`), so a rank holding a slice of the heads runs the same code.
 """
 
 from __future__ import annotations
@@ -32,14 +32,9 @@ from torch.distributed.tensor.parallel import (
 )
 
 from model import Transformer
-from model.attention import Attention, DiffV1Attention
 
 TP_PARTIAL = "_tp_partial_params"
 """Attribute naming a module's plain (unsharded) parameters of which each TP rank has a partial gradient."""
-
-_DIFF_V1_SHARED = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
-"""DIFF V1's scalar-lambda vectors and its per-head norm: every local head uses them, so each TP rank's
-gradient is the sum over its own heads, and the full gradient the sum over ranks."""
 
 
 def _block_plan(attn: nn.Module) -> dict[str, object]:
@@ -55,7 +50,10 @@ def _block_plan(attn: nn.Module) -> dict[str, object]:
         "attention.v_proj": ColwiseParallel(),
         "attention.o_proj": RowwiseParallel(output_layouts=Shard(1)),
         "ffn_norm": SequenceParallel(),
-        "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+        # the feed-forward call passes (x, aux_losses)
+        "feed_forward": PrepareModuleInput(
+            input_layouts=(Shard(1), None), desired_input_layouts=(Replicate(), None)
+        ),
         "feed_forward.w1": ColwiseParallel(),
         "feed_forward.w3": ColwiseParallel(),
         "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
@@ -65,15 +63,12 @@ def _block_plan(attn: nn.Module) -> dict[str, object]:
     return plan
 
 
-def _use_local_heads(attn: nn.Module, tp: int) -> None:
-    """The head counts the module's reshapes use become this rank's share."""
-    attn.n_heads //= tp
-    attn.n_kv_heads //= tp
-    attn.n_out_heads //= tp
-    if isinstance(attn, Attention):
-        attn.n_q_heads //= tp
-    if isinstance(attn, DiffV1Attention):
-        setattr(attn, TP_PARTIAL, (*_DIFF_V1_SHARED, "subln.weight"))
+def _mark_partial_params(attn: nn.Module) -> None:
+    """Names the attention's parameters the plan left whole (DIFF V1's lambda vectors and sub-norm): every
+    local head uses them, so each rank's gradient is the sum over its own heads only."""
+    names = tuple(name for name, p in attn.named_parameters() if not isinstance(p, DTensor))
+    if names:
+        setattr(attn, TP_PARTIAL, names)
 
 
 def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
@@ -90,10 +85,9 @@ def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
             ),
         },
     )
-    tp = tp_mesh.size()
     for block in model.layers:
         parallelize_module(block, tp_mesh, _block_plan(block.attention))
-        _use_local_heads(block.attention, tp)
+        _mark_partial_params(block.attention)
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
