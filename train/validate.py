@@ -23,10 +23,10 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 def _spike_settings(t: TrainerConfig) -> None:
     """The spike detector's limits (train/spikes.py): a window to measure noise over, thresholds >= 0."""
-    from train.spikes import MIN_HISTORY
+    from train.spikes import WINDOW_MIN
 
-    if t.spike_window < MIN_HISTORY:
-        raise ConfigError(f"trainer.spike_window={t.spike_window} must be >= {MIN_HISTORY} steps")
+    if t.spike_window < WINDOW_MIN:
+        raise ConfigError(f"trainer.spike_window={t.spike_window} must be >= {WINDOW_MIN} steps")
     _positive("trainer.loss_spike_jump", t.loss_spike_jump, allow_zero=True)
     _positive("trainer.loss_spike_deviations", t.loss_spike_deviations, allow_zero=True)
     if t.grad_spike_factor < 1.0:
