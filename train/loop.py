@@ -190,7 +190,8 @@ class Trainer:
     def diagnostics(self) -> dict[str, float]:
         """DIFF diagnostics on the last training micro-batch (rank 0's values are logged)."""
         inputs, _ = self.last_batch
-        with DiagnosticsRecorder(self.parts.raw_model) as rec, autocast(self.cfg.parallel, self.info):
+        recorder = DiagnosticsRecorder(self.parts.raw_model, self.cfg.trainer.diag_sequences)
+        with recorder as rec, autocast(self.cfg.parallel, self.info):
             self.parts.model(inputs)
         return rec.summary()
 

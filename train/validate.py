@@ -60,6 +60,7 @@ def validate_run_config(cfg: RunConfig, world_size: int) -> None:
         ("trainer.log_interval", trainer.log_interval),
         ("trainer.eval_batches", trainer.eval_batches),
         ("trainer.spike_window", trainer.spike_window),
+        ("trainer.diag_sequences", trainer.diag_sequences),
         ("optim.lr", optim.lr),
         ("optim.eps", optim.eps),
         ("checkpoint.keep_last", ckpt.keep_last),
