@@ -15,6 +15,7 @@ from pathlib import Path
 
 from launch.metrics import find_runs
 from launch.report import DEFAULT_REFERENCE, plot_groups, study_markdown
+from launch.stability import stability_section
 from launch.study import VariantResult, find_variant, load_study
 from launch.tables import seeds_of
 
@@ -68,6 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--reference", default=DEFAULT_REFERENCE, help="variant the others are compared to")
     parser.add_argument("--intro", help="a markdown file put above the studies (setup, commands, caveats)")
+    parser.add_argument(
+        "--stability",
+        nargs="*",
+        default=[],
+        help="lr_stability sweep dirs: spikes per LR and variant, grad-norm curves per LR",
+    )
     args = parser.parse_args(argv)
     page = Path(args.out)
     page.parent.mkdir(parents=True, exist_ok=True)
@@ -75,11 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for sweep in args.sweeps:
             parts.append(study_section(Path(sweep), page.parent / "results", page.parent, args.reference))
+        for sweep in args.stability:
+            parts.append(stability_section(Path(sweep), page.parent / "results", page.parent))
     except (FileNotFoundError, ValueError) as exc:
         print(f"launch.results: error: {exc}", file=sys.stderr)
         return 2
     page.write_text("\n".join(parts))
-    print(f"wrote {page} ({len(args.sweeps)} studies, plots in {page.parent / 'results'})")
+    studies = len(args.sweeps) + len(args.stability)
+    print(f"wrote {page} ({studies} studies, plots in {page.parent / 'results'})")
     return 0
 
 

@@ -113,19 +113,25 @@ def _last(records: Sequence[dict], key: str) -> float | None:
     return None
 
 
+def model_config_of(config: dict[str, object]):  # -> model.ModelConfig (imported late: torch)
+    """The ModelConfig of a trial's flattened config (its `model.*` keys)."""
+    import dataclasses
+
+    from model import ModelConfig
+
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k[6:]: v for k, v in config.items() if k.startswith("model.") and k[6:] in names})
+
+
 def _model_size(config: dict[str, object]) -> tuple[float, float]:
     """(parameters, training FLOPs per token) of the run's model, built on the meta device (no memory)."""
-    import dataclasses
 
     import torch
 
-    from model import ModelConfig, Transformer
+    from model import Transformer
     from model.flops import flops_per_token
 
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    model_cfg = ModelConfig(
-        **{k[6:]: v for k, v in config.items() if k.startswith("model.") and k[6:] in names}
-    )
+    model_cfg = model_config_of(config)
     with torch.device("meta"):
         params = Transformer(model_cfg).num_params()
     return float(params), flops_per_token(model_cfg, int(config["trainer.seq_len"]))
