@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from infer.load import Loaded, add_source_arguments, load_from_args
-from infer.scoring import token_logprobs
+from model.scoring import token_logprobs
 
 
 @dataclass

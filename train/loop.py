@@ -23,6 +23,7 @@ from conf import RunConfig
 from model.diagnostics import DiagnosticsRecorder
 from train.checkpoint import Checkpointer
 from train.debug import FaultInjector
+from train.downstream import DownstreamEval
 from train.metrics import MetricsLogger, Row
 from train.optim import LRSchedule
 from train.parallel import DistInfo, autocast, grad_sync
@@ -57,6 +58,8 @@ class LoopParts:
     logger: MetricsLogger
     grad_accum: int
     config_yaml: str
+    downstream: DownstreamEval | None = None
+    """trainer.downstream_tasks, when trainer.downstream_interval is set."""
 
 
 @dataclass
@@ -242,6 +245,8 @@ class Trainer:
             parts.logger.log({"step": step, **self.diagnostics()})
         if trainer.eval_interval and step % trainer.eval_interval == 0 and step < trainer.max_steps:
             parts.logger.log({"step": step, "val_loss": self.evaluate()})
+        if parts.downstream and (step % trainer.downstream_interval == 0 or step == trainer.max_steps):
+            parts.logger.log({"step": step, **parts.downstream.scores(parts.raw_model)})
         return row
 
     def run(self) -> RunResult:

@@ -132,6 +132,13 @@ def _build_parts(
         counters.config_yaml = config_yaml  # later checkpoints carry the config they were written under
     if not counters.wandb_id:
         counters.wandb_id = from_rank0(secrets.token_hex(4), info)
+    downstream = None
+    if t.downstream_interval and t.downstream_tasks:
+        from data.tokenizer import load_tokenizer
+        from train.downstream import DownstreamEval
+
+        enc = load_tokenizer(cfg.data.tokenizer)
+        downstream = DownstreamEval(list(t.downstream_tasks), enc.encode_ordinary, train_loader.eot_token)
     parts = LoopParts(
         cfg=cfg,
         info=info,
@@ -147,6 +154,7 @@ def _build_parts(
         logger=_build_logger(cfg, info, run_dir, counters, counters.step),
         grad_accum=grad_accum_steps(cfg, info.world_size),
         config_yaml=config_yaml,
+        downstream=downstream,
     )
     return parts, resume
 
