@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from launch.metrics import find_runs
-from launch.report import DEFAULT_REFERENCE, plot_groups, study_markdown
+from launch.report import DEFAULT_REFERENCE, METRICS, downstream_metrics, plot_groups, study_markdown
 from launch.stability import stability_section
 from launch.study import VariantResult, find_variant, load_study
 from launch.tables import seeds_of
@@ -56,14 +56,15 @@ def study_section(sweep_dir: Path, out_dir: Path, page_dir: Path, reference: str
     variants = load_study(find_runs([sweep_dir]))
     ref = find_variant(variants, reference if reference in [v.name for v in variants] else variants[0].name)
     plots_dir = out_dir / sweep_dir.name
-    written = plot_groups({v.name: [t.run_dir for t in v.trials] for v in variants}, plots_dir)
+    groups = {v.name: [t.run_dir for t in v.trials] for v in variants}
+    written = plot_groups(groups, plots_dir, [*METRICS, *downstream_metrics(variants)])
     links = [p.relative_to(page_dir) for p in written]
     return f"## {sweep_dir.name}\n\n{setup_line(variants)}\n\n" + study_markdown(variants, ref, links)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.results", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweeps", nargs="+", help="sweep dirs, one per study (e.g. runs/results/ablations)")
+    parser.add_argument("sweeps", nargs="*", help="sweep dirs, one per study (e.g. runs/results/ablations)")
     parser.add_argument(
         "--out", default="docs/results.md", help="the page (its PNGs go beside it, in results/)"
     )
