@@ -1,11 +1,20 @@
 """The errors every command reports the same way: one line, and the exit code of the error's class.
 
 This package sits below every other one (model, data, train, infer, launch and conf may all import it) and
-imports nothing of the project, so a package raises the project's errors without importing the layer that
-reports them. A command catches `ProjectError` once, prints `f"{err.label}: {err}"` and exits `err.exit_code`.
+imports nothing of the project (only the standard library), so a package raises the project's errors without
+importing the layer that reports them. A command catches `ProjectError` once and ends with
+`report_and_exit`: `f"{err.label}: {err}"` on stderr, exit `err.exit_code`.
 """
 
 from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import NoReturn, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class ProjectError(Exception):
@@ -26,3 +35,60 @@ class UnknownConfigKey(ConfigError):
     """A key the schema does not know, e.g. added with `+` (Hydra suggests `+key=` for a misspelt key)."""
 
     exit_code = 1
+
+
+class DatasetUnavailable(ProjectError):
+    """The dataset cannot be found, prepared or read (a missing or corrupt shard, an unreachable bucket)."""
+
+    exit_code = 2
+    label = "dataset unavailable"
+
+
+class Diverged(ProjectError):
+    """The loss became non-finite; nothing of the diverged step was saved."""
+
+    exit_code = 3
+    label = "training diverged"
+
+
+class CheckpointRefused(ProjectError):
+    """A checkpoint or export that must not be loaded: corrupt, unsafe, incomplete, or of another model."""
+
+    exit_code = 4
+    label = "checkpoint refused"
+
+
+class RunDirRefused(ProjectError):
+    """The run directory is in use, holds another run's output, or lies inside/above another run."""
+
+    exit_code = 5
+    label = "run dir refused"
+
+
+class StorageError(ProjectError):
+    """The disk refused a write: no space left, a quota, or a read-only file system (the message names the
+    path and the cause)."""
+
+    exit_code = 6
+    label = "storage error"
+
+
+def report_and_exit(err: ProjectError, quiet: bool = False) -> NoReturn:
+    """The one way a command ends on a ProjectError: `label: message` on stderr (unless quiet, e.g. on a
+    rank other than 0), then exit with the class's code. No traceback."""
+    if not quiet:
+        print(f"{err.label}: {err}", file=sys.stderr, flush=True)
+    sys.exit(err.exit_code)
+
+
+def reports_errors(main: Callable[P, R]) -> Callable[P, R]:
+    """Decorates a command's `main`: a ProjectError it raises ends the command by `report_and_exit`."""
+
+    @functools.wraps(main)
+    def command(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return main(*args, **kwargs)
+        except ProjectError as err:
+            report_and_exit(err)
+
+    return command

@@ -21,6 +21,7 @@ import torch.distributed.checkpoint as dcp
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint.api import CheckpointException
 
+import errors
 from train.checksums import ChecksumError, verify_checksums, write_checksums
 from train.config import CheckpointConfig
 from train.parallel import DistInfo
@@ -34,7 +35,7 @@ RUNTIME_MODEL_FIELDS = ("attn_impl",)
 """Model fields a resume may change: the kernel computes the same function."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.CheckpointRefused, RuntimeError):
     """A checkpoint that must not be loaded: corrupt, unsafe, incomplete, or of another model."""
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TypeVar
 
+import errors
 from conf import ConfigError, RunConfig
 from train.checkpoint import (
     STEP_DIR,
@@ -44,7 +45,7 @@ before its first step) is no work to lose; it moves aside with the rest under ru
 T = TypeVar("T")
 
 
-class RunDirError(RuntimeError):
+class RunDirError(errors.RunDirRefused, RuntimeError):
     """The run directory is in use by another job, or holds another run's output."""
 
 

@@ -16,7 +16,7 @@ from data.tokenizer import load_bpe
 from infer.export_hf import main as export_hf_main
 from infer.export_hf import remote_code
 from model import ModelConfig, Transformer
-from train.export import save_weights
+from train.export import save_weights, seal_export
 
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = ("baseline", "diff_v1", "diff_v2")
@@ -73,6 +73,7 @@ def exports(
         save_weights(model.state_dict(), cfg, src)
         for name in ("tokenizer.tiktoken", "tokenizer.json"):
             shutil.copy(trained_run / name, src / name)
+        seal_export(src)
         export_hf_main([str(src), str(root / f"{variant}-hf")])
         made[variant] = (model, root / f"{variant}-hf")
     return made
