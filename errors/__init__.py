@@ -8,6 +8,7 @@ importing the layer that reports them. A command catches `ProjectError` once and
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -15,6 +16,10 @@ from typing import NoReturn, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+EXIT_FILE_ENV = "DIFFV2_EXIT_FILE"
+"""Set by `python -m launch` for its workers: rank 0 writes the code it exits with to this file, since
+torchrun itself exits 1 whatever code a worker failed with."""
 
 
 class ProjectError(Exception):
@@ -71,6 +76,17 @@ class StorageError(ProjectError):
 
     exit_code = 6
     label = "storage error"
+
+    ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+    """What a disk answers when it cannot take a write; any other OSError is not a storage error."""
+
+    @classmethod
+    def from_os_error(cls, err: BaseException, path: object, doing: str) -> StorageError | None:
+        """A StorageError naming `path`, the cause (e.g. "No space left on device") and what was being done,
+        when `err` is one; else None."""
+        if not isinstance(err, OSError) or err.errno not in cls.ERRNOS:
+            return None
+        return cls(f"{path}: {err.strerror.lower()} while {doing}")
 
 
 def report_and_exit(err: ProjectError, quiet: bool = False) -> NoReturn:

@@ -18,13 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from conf import register_configs, validated
 from data.credentials import redact, refuse_in_args, refuse_in_config
-from errors import ConfigError, ProjectError, UnknownConfigKey, report_and_exit
+from errors import EXIT_FILE_ENV, ConfigError, ProjectError, UnknownConfigKey, report_and_exit
 
 EXIT_BAD_KEY = UnknownConfigKey.exit_code
 EXIT_BAD_VALUE = ConfigError.exit_code
-
-EXIT_FILE_ENV = "DIFFV2_EXIT_FILE"
-"""Set by `python -m launch`: the file rank 0 writes its exit code to (launch/agent.py reads it)."""
 
 
 def _is_rank0() -> bool:
