@@ -18,7 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from errors import ConfigError
 
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"]*@")
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:/+)[^\s'\"]*@")
+"""`scheme:/...@` too: a URL passed through pathlib.Path loses one slash of `://`."""
 REDACTED = "***"
 
 

@@ -192,7 +192,7 @@ class Checkpointer:
             staged = {"app": _clone_cpu_tensors(state.state_dict())}
             try:
                 future = dcp.async_save(staged, checkpoint_id=str(tmp), process_group=self.group)
-            except Exception as err:
+            except (Exception, CheckpointException) as err:  # DCP's is a BaseException
                 self._refuse(err, tmp)
             if self.publisher is not None and self.info.is_main:
                 # The coordinator (rank 0) finishes only after every rank's shards are written.
@@ -202,7 +202,7 @@ class Checkpointer:
         try:
             dcp.save({"app": state}, checkpoint_id=str(tmp))
             self._publish(tmp, final, config_yaml)
-        except Exception as err:
+        except (Exception, CheckpointException) as err:  # DCP's is a BaseException
             self._refuse(err, tmp)
         dist.barrier()
 
@@ -219,7 +219,7 @@ class Checkpointer:
         self.pending = None
         try:
             future.result()
-        except Exception as err:
+        except (Exception, CheckpointException) as err:  # DCP's is a BaseException
             self._refuse(err, tmp)
 
     def _publish_when_written(self, written: Future, tmp: Path, final: Path, config_yaml: str) -> None:
