@@ -51,15 +51,6 @@ def test_a_listing_leaving_out_a_corrupted_shard_refuses_the_resume(tmp_path, jo
     assert expected in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
 
 
-def test_a_listed_file_that_is_gone_refuses_the_resume_naming_it(tmp_path, jobs, saved_6_steps):
-    run_dir = jobs.copy_run(saved_6_steps, tmp_path / "run")
-    ckpt = run_dir / "checkpoints" / "step_00000006"
-    (ckpt / "__0_0.distcp").unlink()
-    proc = jobs.in_process(run_dir, *SHORT)
-    assert proc.returncode == EXIT_CHECKPOINT
-    assert f"{ckpt / '__0_0.distcp'} is missing (listed in checksums.json)" in proc.stderr
-
-
 def test_a_corrupted_export_is_refused_by_infer_and_load_exported_unless_no_verify(
     tmp_path, saved_6_steps, capsys
 ):
