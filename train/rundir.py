@@ -176,10 +176,11 @@ class RunDirLock:
         )
 
     def release(self) -> None:
-        """Drops the lock; a job refused before it wrote anything leaves no lock file nor run dir behind."""
+        """Drops the lock. A job refused before it started (no config.yaml yet: every check runs before it is
+        written) removes the lock file it created, and the dirs it created if they are empty again."""
         if self.file is None:
             return
-        if self.made and [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+        if self.made and not (self.path.parent / "config.yaml").exists():
             for path in self.made:  # the lock file first, then the dirs it needed, innermost first
                 with contextlib.suppress(OSError):
                     path.unlink() if path == self.path else path.rmdir()

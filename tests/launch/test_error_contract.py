@@ -18,6 +18,7 @@ def test_launch_exits_with_the_workers_code_not_torchruns(data_env, tmp_path: Pa
     assert proc.returncode == EXIT_CHECKPOINT, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads((run_dir / "launch.json").read_text())["exit_code"] == EXIT_CHECKPOINT
     assert "checkpoint refused: " in proc.stdout + proc.stderr
+    assert not (run_dir / ".lock").exists()  # the refused run left launch's files only
 
 
 def test_launch_refuses_a_run_dir_inside_a_checkpoint(tmp_path: Path, launch_here) -> None:
