@@ -166,6 +166,7 @@ def test_an_export_whose_model_vocab_exceeds_the_tokenizers_suppresses_the_extra
     save_weights(Transformer(cfg).state_dict(), cfg, tmp_path / "src")
     for name in ("tokenizer.tiktoken", "tokenizer.json"):
         shutil.copy(trained_run / name, tmp_path / "src" / name)
+    seal_export(tmp_path / "src")
     export_hf_main([str(tmp_path / "src"), str(tmp_path / "hf")])
     generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert generation["suppress_tokens"] == list(range(enc.n_vocab, cfg.vocab_size))
