@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+import errors
 from conf import RunConfig
 from data.build import build_loader, ensure_data
 from data.loader import StreamLoader
@@ -25,7 +26,7 @@ from train.state import Counters, TrainState
 from train.validate import ConfigError, grad_accum_steps
 
 
-class DatasetUnavailable(RuntimeError):
+class DatasetUnavailable(errors.DatasetUnavailable, RuntimeError):
     """Rank 0 could not find or prepare the dataset."""
 
 
