@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+import errors
 from conf import RunConfig
 from model.diagnostics import DiagnosticsRecorder
 from train.checkpoint import Checkpointer
@@ -34,7 +35,7 @@ from train.throughput import mfu, peak_flops, peak_memory_gb
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(errors.Diverged, RuntimeError):
     """The loss became NaN or inf; the run stops without writing a checkpoint."""
 
 
