@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+import errors
 from conf import RunConfig
 from data.build import build_loader, ensure_data
 from data.loader import StreamLoader
@@ -25,7 +26,7 @@ from train.state import Counters, TrainState
 from train.validate import ConfigError, grad_accum_steps
 
 
-class DatasetUnavailable(RuntimeError):
+class DatasetUnavailable(errors.DatasetUnavailable, RuntimeError):
     """Rank 0 could not find or prepare the dataset."""
 
 
@@ -134,6 +135,13 @@ def _build_parts(
         counters.config_yaml = config_yaml  # later checkpoints carry the config they were written under
     if not counters.wandb_id:
         counters.wandb_id = from_rank0(secrets.token_hex(4), info)
+    downstream = None
+    if t.downstream_interval and t.downstream_tasks:
+        from data.tokenizer import load_tokenizer
+        from train.downstream import DownstreamEval
+
+        enc = load_tokenizer(cfg.data.tokenizer)
+        downstream = DownstreamEval(list(t.downstream_tasks), enc.encode_ordinary, train_loader.eot_token)
     parts = LoopParts(
         cfg=cfg,
         info=info,
@@ -149,6 +157,7 @@ def _build_parts(
         logger=_build_logger(cfg, info, run_dir, counters, counters.step),
         grad_accum=grad_accum_steps(cfg, info.dp_size),
         config_yaml=config_yaml,
+        downstream=downstream,
     )
     return parts, resume
 
