@@ -29,6 +29,7 @@ from model.flops import flops_per_token
 from model.generate import generate
 from model.kernel import flash_available
 from model.kv_cache import KVCache
+from model.loss import lm_cross_entropy
 from model.rope import rope_tables
 
 
@@ -113,8 +114,13 @@ class Transformer(nn.Module):
         if self.output is not None:
             nn.init.normal_(self.output.weight, std=cfg.init_std)
 
-    def forward(self, tokens: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
-        """Logits [B, N, vocab] for tokens [B, N]; with `caches` (decoding) they follow the cached tokens."""
+    def forward(
+        self, tokens: torch.Tensor, caches: list[KVCache] | None = None, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits [B, N, vocab] for tokens [B, N]; with `caches` (decoding) they follow the cached tokens.
+
+        With `targets` [B, N] it returns the mean cross-entropy instead (fp32 scalar), chunked over tokens
+        per model.loss_chunk_tokens (model/loss.py); inside forward, so that FSDP's and DDP's hooks see it."""
         n = tokens.shape[1]
         start = caches[0].pos if caches else 0
         if start + n > self.cfg.max_seq_len:
@@ -128,6 +134,12 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, rel_pos, caches[i] if caches else None, docs)
         h = self.norm(h)
+        if targets is not None:
+            return lm_cross_entropy(h, targets, self._project, self.cfg.loss_chunk_tokens)
+        return self._project(h)
+
+    def _project(self, h: torch.Tensor) -> torch.Tensor:
+        """The LM head; a module call when untied, so hooks on `output` (a tensor-parallel plan) run."""
         return F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
 
     def _documents(self, tokens: torch.Tensor) -> Documents:
