@@ -8,7 +8,17 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("attention", "decode", "data", "loop", "throughput", "checkpoint", "documents", "sources")
+BENCHMARKS = (
+    "attention",
+    "decode",
+    "data",
+    "loop",
+    "throughput",
+    "checkpoint",
+    "documents",
+    "sources",
+    "plan",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
