@@ -65,7 +65,7 @@ def test_bad_planner_options_are_refused_naming_them(jobs):
 @pytest.mark.usefixtures("data_root")
 def test_launch_refuses_a_layout_that_does_not_fit_unless_told_to_launch_anyway(tmp_path, jobs):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "launch", *jobs.tiny, "trainer.max_steps=2", "checkpoint.enabled=false"]
+    launch = [sys.executable, "-m", "launch", *jobs.tiny, "trainer.max_steps=3", "checkpoint.enabled=false"]
     tight = ["launch.nproc_per_node=1", "launch.plan_device=cpu", "launch.plan_memory_gib=0.002"]
     refused = subprocess.run(
         [*launch, *tight, f"run.dir={tmp_path / 'refused'}"],
@@ -81,4 +81,4 @@ def test_launch_refuses_a_layout_that_does_not_fit_unless_told_to_launch_anyway(
         cwd=jobs.repo, env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert forced.returncode == 0, forced.stderr
-    assert sorted(jobs.train_rows(tmp_path / "forced")) == [1, 2]
+    assert sorted(jobs.train_rows(tmp_path / "forced")) == [1, 2, 3]
