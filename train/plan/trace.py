@@ -16,6 +16,10 @@ Written by hand, because those tools lack it:
 - The logits / loss buffers: the peak of the LM head + loss (model/loss.py, whole or chunked) traced alone on
   one micro-batch of hidden states, less the gradients it returns.
 - torch.compile is not traced (planned as eager); compiled blocks fuse elementwise ops and usually need less.
+
+Tensor parallel (issue #17): its degrees live in parallel.*, so the mesh `init_distributed` builds and the
+plan `build_model` applies reach the trace unchanged; what to revisit then is `_build`'s non-FSDP path (a
+TP-only layout) and the micro-batch arithmetic (`grad_accum_steps` counts data-parallel ranks, not the world).
 """
 
 from __future__ import annotations
