@@ -121,8 +121,9 @@ def measure(names: list[str], steps: int, tmp: Path) -> list[Result]:
     for name in names:
         ranks, overrides = CASES[name]
         if ranks not in floors:
-            floor_rss, _ = _train(ranks, FLOOR, tmp / f"floor{ranks}", steps)
-            floors[ranks] = (floor_rss, _plan(ranks, FLOOR))
+            floor = [*FLOOR, *([FSDP] if ranks > 1 else [])]
+            floor_rss, _ = _train(ranks, floor, tmp / f"floor{ranks}", steps)
+            floors[ranks] = (floor_rss, _plan(ranks, floor))
         rss, tokens_per_s = _train(ranks, overrides, tmp / name, steps)
         floor_rss, floor_plan = floors[ranks]
         results.append(

@@ -69,7 +69,7 @@ def test_launch_refuses_a_layout_that_does_not_fit_unless_told_to_launch_anyway(
     tight = ["launch.nproc_per_node=1", "launch.plan_device=cpu", "launch.plan_memory_gib=0.002"]
     refused = subprocess.run(
         [*launch, *tight, f"run.dir={tmp_path / 'refused'}"],
-        cwd=jobs.repo, env=env, capture_output=True, text=True, timeout=240,
+        cwd=jobs.repo, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert refused.returncode == 2, refused.stderr
     assert "DOES NOT FIT" in refused.stdout
@@ -78,7 +78,7 @@ def test_launch_refuses_a_layout_that_does_not_fit_unless_told_to_launch_anyway(
 
     forced = subprocess.run(
         [*launch, *tight, "launch.plan=false", f"run.dir={tmp_path / 'forced'}"],
-        cwd=jobs.repo, env=env, capture_output=True, text=True, timeout=240,
+        cwd=jobs.repo, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert forced.returncode == 0, forced.stderr
     assert sorted(jobs.train_rows(tmp_path / "forced")) == [1, 2, 3]
