@@ -27,8 +27,11 @@ context_rms_max/max, sink_mass/mean, sink_mass_max/max, lambda_mean/mean.
 
 Only module hooks are used, so this works when every block is wrapped by FSDP2 (parameters are unsharded
 inside the block's forward, where the hooks run). The attention statistics (context RMS, sinks, qk logits)
-recompute the softmax maps explicitly, one head at a time, on the first `max_batch` sequences only. Values
-stay tensors until summary(), so the hooks add no device synchronisation.
+recompute the softmax maps explicitly, one head at a time, on the first `sequences` sequences of the batch
+(default 8: one sequence's qk max or context RMS is a sample, not the model's figure; context RMS moved by
+up to 20% between single sequences); means are over all of them, maxima (qk_logit_max) over all of them.
+The activation statistics read the whole batch. Values stay tensors until summary(), so the hooks add no
+device synchronisation.
 """
 
 from __future__ import annotations
@@ -39,9 +42,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from model.attention import DiffV1Attention
-from model.documents import document_positions
-from model.transformer import TransformerBlock
+from .documents import document_positions
+from .transformer import TransformerBlock
 
 MAX_STATS = ("act_max", "act_ratio", "qk_logit_max")
 """Statistics reduced by their maximum over forwards (the others: mean)."""
@@ -49,24 +51,17 @@ PER_HEAD = ("context_rms", "sink_mass")
 """Statistics recorded per head; the summary reduces them over heads per layer."""
 
 
-def output_head_maps(attn: nn.Module, n_maps: int) -> list[list[int]]:
-    """For each output head (o_proj's input heads), the softmax maps (query heads) it combines."""
-    n_out = attn.n_out_heads
-    if n_maps == n_out:  # baseline: one map per head
-        return [[j] for j in range(n_out)]
-    if getattr(attn, "pairing", "grouped") == "cross_group":  # DIFF V2 ablation 1: heads j and h + j
-        return [[j, n_out + j] for j in range(n_out)]
-    return [[2 * j, 2 * j + 1] for j in range(n_out)]  # DIFF V2 and V1: adjacent heads (sub-heads)
-
-
 class DiagnosticsRecorder:
     """Context manager recording per-layer statistics of every forward run inside it."""
 
-    def __init__(self, model: nn.Module, max_batch: int = 1) -> None:
+    def __init__(self, model: nn.Module, sequences: int = 8) -> None:
         self.blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
         if not self.blocks:
             raise ValueError(f"{type(model).__name__} holds no TransformerBlock to record")
-        self.max_batch = max_batch
+        if sequences < 1:
+            raise ValueError(f"diagnostics sequences={sequences} must be >= 1")
+        self.sequences = sequences
+        """The attention statistics read the batch's first `sequences` sequences (all of them if fewer)."""
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._records: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._context: dict[int, torch.Tensor] = {}
@@ -76,8 +71,8 @@ class DiagnosticsRecorder:
         for block in self.blocks:
             i, attn = block.layer_idx, block.attention
             self._handles.append(block.register_forward_hook(self._block_hook(i)))
-            # V1's head output is read before its per-head RMSNorm, which would pin its RMS near the weight.
-            before_o = attn.subln if isinstance(attn, DiffV1Attention) else attn.o_proj
+            # each variant names the module whose input is its per-head output (DIFF V1: its sub-norm)
+            before_o = attn.head_output_module()
             self._handles.append(before_o.register_forward_pre_hook(self._context_hook(i, attn)))
             self._handles.append(attn.register_forward_hook(self._attention_hook(i)))
         return self
@@ -99,8 +94,8 @@ class DiagnosticsRecorder:
 
     def _context_hook(self, i: int, attn: nn.Module):
         def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0][: self.max_batch].detach().float()
-            self._context[i] = x.reshape(*x.shape[:2], attn.n_out_heads, attn.out_head_dim)
+            x = args[0][: self.sequences].detach().float()
+            self._context[i] = x.flatten(2).unflatten(-1, (-1, attn.out_head_dim))
 
         return hook
 
@@ -117,8 +112,8 @@ class DiagnosticsRecorder:
                     self._records[f"lambda_mean/L{i}"].append(lam.mean())
                     self._records[f"lambda_std/L{i}"].append(lam.std(correction=0))
                 if cache is None and x.shape[1] > 1 and context is not None:  # decoding: keys in the cache
-                    ids = None if docs is None else docs.ids[: self.max_batch]
-                    stats = self._map_stats(attn, x[: self.max_batch], rel_pos, context, ids)
+                    ids = None if docs is None else docs.ids[: self.sequences]
+                    stats = self._map_stats(attn, x[: self.sequences], rel_pos, context, ids)
                     for name, value in stats.items():
                         self._records[f"{name}/L{i}"].append(value)
 
@@ -152,7 +147,7 @@ class DiagnosticsRecorder:
         read = torch.cat(read_power, dim=-1)  # [B, N, maps]
         out_rms = context.pow(2).mean(-1).sqrt()  # [B, N, out heads]
         ratios = []
-        for j, maps in enumerate(output_head_maps(attn, n_maps)):
+        for j, maps in enumerate(attn.output_head_maps(n_maps)):
             values_rms = read[..., maps].mean(-1).sqrt().clamp(min=1e-30)
             ratios.append((out_rms[..., j] / values_rms).mean())
         return {

@@ -61,12 +61,22 @@ class TrainerConfig:
     """Micro-batches per rank in one validation pass."""
     diag_interval: int = 50
     """Steps between DIFF diagnostics (lambda stats, activation maxima, context RMS, qk-logits, sink mass)."""
+    diag_sequences: int = 8
+    """Sequences of the step's last micro-batch (at most trainer.micro_batch) the attention diagnostics read:
+    means over all of them, qk_logit_max the max over all. Cost: one more forward plus explicit softmax maps
+    per sequence (model/diagnostics.py)."""
+    downstream_tasks: list[str] = field(default_factory=list)
+    """Multiple-choice task files (lm-eval-style YAML + JSONL, e.g. tests/infer/tasks/python_mc.yaml; paths
+    relative to the working directory) scored during training (train/downstream.py); empty: none."""
+    downstream_interval: int = 0
+    """Steps between downstream scores (also scored at the last step); 0: off. Logged as
+    downstream/<task>/acc and /acc_norm, beside val_loss."""
     loss_spike_jump: float = 0.03
     """A loss spike exceeds the loss's recent level (median of the last 5 steps) by more than this fraction
     of it, and by loss_spike_deviations robust stds; see train/spikes.py."""
     loss_spike_deviations: float = 6.0
     """A loss spike exceeds the recent level by more than this many robust stds of the per-step noise
-    (1.4826 * MAD of the differences over spike_window steps): small batches' noise does not count."""
+    (1.4826 * MAD of the second differences over spike_window steps): small batches' noise does not count."""
     grad_spike_factor: float = 2.0
     """A grad-norm spike exceeds this multiple of the grad norm's recent level (median of the last 5)."""
     detect_anomaly_nan: bool = True

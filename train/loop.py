@@ -18,10 +18,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+import errors
 from conf import RunConfig
 from model.diagnostics import DiagnosticsRecorder
 from train.checkpoint import Checkpointer
 from train.debug import FaultInjector
+from train.downstream import DownstreamEval
 from train.metrics import MetricsLogger, Row
 from train.optim import LRSchedule
 from train.parallel import DistInfo, autocast, grad_sync
@@ -32,7 +34,7 @@ from train.throughput import mfu, peak_flops, peak_memory_gb
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(errors.Diverged, RuntimeError):
     """The loss became NaN or inf; the run stops without writing a checkpoint."""
 
 
@@ -56,6 +58,8 @@ class LoopParts:
     logger: MetricsLogger
     grad_accum: int
     config_yaml: str
+    downstream: DownstreamEval | None = None
+    """trainer.downstream_tasks, when trainer.downstream_interval is set."""
 
 
 @dataclass
@@ -188,7 +192,8 @@ class Trainer:
     def diagnostics(self) -> dict[str, float]:
         """DIFF diagnostics on the last training micro-batch (rank 0's values are logged)."""
         inputs, _ = self.last_batch
-        with DiagnosticsRecorder(self.parts.raw_model) as rec, autocast(self.cfg.parallel, self.info):
+        recorder = DiagnosticsRecorder(self.parts.raw_model, self.cfg.trainer.diag_sequences)
+        with recorder as rec, autocast(self.cfg.parallel, self.info):
             self.parts.model(inputs)
         return rec.summary()
 
@@ -239,6 +244,8 @@ class Trainer:
             parts.logger.log({"step": step, **self.diagnostics()})
         if trainer.eval_interval and step % trainer.eval_interval == 0 and step < trainer.max_steps:
             parts.logger.log({"step": step, "val_loss": self.evaluate()})
+        if parts.downstream and (step % trainer.downstream_interval == 0 or step == trainer.max_steps):
+            parts.logger.log({"step": step, **parts.downstream.scores(parts.raw_model)})
         return row
 
     def run(self) -> RunResult:

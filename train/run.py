@@ -9,9 +9,11 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+import errors
 from conf import RunConfig
+from data.build import build_loader, ensure_data
 from data.loader import StreamLoader
-from data.mixture import build_loader, ensure_data
+from data.spec import LoaderSpec
 from train.checkpoint import Checkpointer, complete_checkpoints
 from train.export import export_model
 from train.loop import LoopParts, RunResult, Trainer, TrainingDiverged
@@ -24,7 +26,7 @@ from train.state import Counters, TrainState
 from train.validate import ConfigError, grad_accum_steps
 
 
-class DatasetUnavailable(RuntimeError):
+class DatasetUnavailable(errors.DatasetUnavailable, RuntimeError):
     """Rank 0 could not find or prepare the dataset."""
 
 
@@ -56,18 +58,19 @@ def _prepare_data(cfg: RunConfig, info: DistInfo) -> None:
 def _loader(cfg: RunConfig, info: DistInfo, split: str) -> StreamLoader:
     """This rank's slice of the global stream: shuffled for train, in order (reset per eval) for val."""
     t = cfg.trainer
-    return build_loader(
-        cfg.data,
+    spec = LoaderSpec(
         split,
         t.seq_len,
         t.micro_batch,
-        info.rank,
-        info.world_size,
         cfg.run.seed,
+        dp_rank=info.rank,  # every rank is a data-parallel rank until tensor parallelism lands
+        dp_size=info.world_size,
         shuffle=split == "train",
+        prefetch=cfg.data.prefetch,
         pin_memory=info.device.type == "cuda",
         verify=cfg.data.verify_shards,
     )
+    return build_loader(cfg.data, spec)
 
 
 def _build_logger(
@@ -132,6 +135,13 @@ def _build_parts(
         counters.config_yaml = config_yaml  # later checkpoints carry the config they were written under
     if not counters.wandb_id:
         counters.wandb_id = from_rank0(secrets.token_hex(4), info)
+    downstream = None
+    if t.downstream_interval and t.downstream_tasks:
+        from data.tokenizer import load_tokenizer
+        from train.downstream import DownstreamEval
+
+        enc = load_tokenizer(cfg.data.tokenizer)
+        downstream = DownstreamEval(list(t.downstream_tasks), enc.encode_ordinary, train_loader.eot_token)
     parts = LoopParts(
         cfg=cfg,
         info=info,
@@ -147,6 +157,7 @@ def _build_parts(
         logger=_build_logger(cfg, info, run_dir, counters, counters.step),
         grad_accum=grad_accum_steps(cfg, info.world_size),
         config_yaml=config_yaml,
+        downstream=downstream,
     )
     return parts, resume
 

@@ -23,10 +23,10 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 def _spike_settings(t: TrainerConfig) -> None:
     """The spike detector's limits (train/spikes.py): a window to measure noise over, thresholds >= 0."""
-    from train.spikes import MIN_HISTORY
+    from train.spikes import WINDOW_MIN
 
-    if t.spike_window < MIN_HISTORY:
-        raise ConfigError(f"trainer.spike_window={t.spike_window} must be >= {MIN_HISTORY} steps")
+    if t.spike_window < WINDOW_MIN:
+        raise ConfigError(f"trainer.spike_window={t.spike_window} must be >= {WINDOW_MIN} steps")
     _positive("trainer.loss_spike_jump", t.loss_spike_jump, allow_zero=True)
     _positive("trainer.loss_spike_deviations", t.loss_spike_deviations, allow_zero=True)
     if t.grad_spike_factor < 1.0:
@@ -48,6 +48,22 @@ def grad_accum_steps(cfg: RunConfig, world_size: int) -> int:
     return t.global_batch_tokens // per_micro_step
 
 
+def _downstream_settings(t: TrainerConfig) -> None:
+    """Downstream tasks need an interval and files that load (a bad one fails now, not at the first score)."""
+    from data.tasks import load_choice_task
+
+    if t.downstream_interval and not t.downstream_tasks:
+        raise ConfigError(
+            f"trainer.downstream_interval={t.downstream_interval} but trainer.downstream_tasks is empty; "
+            "name task files, e.g. trainer.downstream_tasks=[tests/infer/tasks/python_mc.yaml]"
+        )
+    for i, path in enumerate(t.downstream_tasks if t.downstream_interval else []):
+        try:
+            load_choice_task(path)
+        except ConfigError as err:
+            raise ConfigError(f"trainer.downstream_tasks[{i}]: {err}") from None
+
+
 def validate_run_config(cfg: RunConfig, world_size: int) -> None:
     """Raises ConfigError on the first value that cannot run at this world size."""
     check_choices(cfg)  # a RunConfig built in Python has not been through OmegaConf's Enum check
@@ -60,6 +76,7 @@ def validate_run_config(cfg: RunConfig, world_size: int) -> None:
         ("trainer.log_interval", trainer.log_interval),
         ("trainer.eval_batches", trainer.eval_batches),
         ("trainer.spike_window", trainer.spike_window),
+        ("trainer.diag_sequences", trainer.diag_sequences),
         ("optim.lr", optim.lr),
         ("optim.eps", optim.eps),
         ("checkpoint.keep_last", ckpt.keep_last),
@@ -69,6 +86,7 @@ def validate_run_config(cfg: RunConfig, world_size: int) -> None:
         ("trainer.grad_clip", trainer.grad_clip),
         ("trainer.eval_interval", trainer.eval_interval),
         ("trainer.diag_interval", trainer.diag_interval),
+        ("trainer.downstream_interval", trainer.downstream_interval),
         ("trainer.peak_tflops", trainer.peak_tflops),
         ("optim.warmup_steps", optim.warmup_steps),
         ("optim.weight_decay", optim.weight_decay),
@@ -81,6 +99,7 @@ def validate_run_config(cfg: RunConfig, world_size: int) -> None:
     if str(optim.fused).lower() not in list(Fused):
         raise ConfigError(f"optim.fused={optim.fused!r} is not one of {[f.value for f in Fused]}")
     _spike_settings(trainer)
+    _downstream_settings(trainer)
     if parallel.activation_checkpointing == "every_k":
         _positive("parallel.ac_every", parallel.ac_every)
     if not 0.0 <= optim.min_lr_ratio <= 1.0:

@@ -71,8 +71,9 @@ def test_a_checkpoint_without_checksums_loads_only_with_no_verify(trained_run: P
     shutil.copytree(trained_run / "checkpoints" / "step_00000004", old)
     (old / "checksums.json").unlink()
     argv = (str(old), "--prompt", "def", "--max-new-tokens", "4", "--temperature", "0")
-    with pytest.raises(Exception, match="checksums.json"):
+    with pytest.raises(SystemExit) as exited:
         sample_main(list(argv))
+    assert exited.value.code == 4 and "checksums.json" in capsys.readouterr().err
     assert _sample(capsys, *argv, "--no-verify") == _sample(capsys, str(trained_run), *argv[1:])
 
 
@@ -97,9 +98,10 @@ def test_too_long_a_request_names_max_seq_len(trained_run: Path):
         sample_main([str(trained_run), "--prompt", "x", "--max-new-tokens", "100"])
 
 
-def test_a_dir_without_weights_or_checkpoints_is_refused_by_name(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+def test_a_dir_without_weights_or_checkpoints_is_refused_by_name(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exited:
         sample_main([str(tmp_path), "--prompt", "x"])
+    assert exited.value.code == 4 and str(tmp_path) in capsys.readouterr().err
 
 
 def test_top_p_draws_only_from_the_nucleus():
@@ -111,3 +113,28 @@ def test_top_p_draws_only_from_the_nucleus():
     assert everything == {0, 1, 2, 3}
     with pytest.raises(ValueError, match="top_p=1.5"):
         sample_next(logits, 1.0, None, gen, top_p=1.5)
+
+
+def test_a_model_vocab_larger_than_the_tokenizers_never_samples_ids_the_tokenizer_lacks(
+    trained_run: Path, tmp_path: Path, capsys
+):
+    """model.vocab_size 8192 over a 2048-token tokenizer (data=stdlib_small), which python -m train accepts:
+    the rows beyond the tokenizer are never drawn, even where they hold the largest logits."""
+    from model import ModelConfig, Transformer
+    from train.export import save_weights
+
+    enc = load_bpe(trained_run / "tokenizer")
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=8192, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, ffn_hidden=32,
+        max_seq_len=32,
+    )  # fmt: skip
+    model = Transformer(cfg)
+    with torch.no_grad():
+        model.output.weight[enc.n_vocab :] *= 50  # the untrained rows beyond the tokenizer dominate
+    save_weights(model.state_dict(), cfg, tmp_path)
+    for name in ("tokenizer.tiktoken", "tokenizer.json"):
+        shutil.copy(trained_run / name, tmp_path / name)
+    for sampling in (["--temperature", "0"], ["--temperature", "1", "--seed", "3"]):
+        (row,) = _sample(capsys, str(tmp_path), "--prompt", "def main(", "--max-new-tokens", "8", *sampling)
+        assert len(enc.encode_ordinary(row["completion"])) > 0
