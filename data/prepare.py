@@ -334,15 +334,6 @@ def ensure_dataset(cfg: DataConfig) -> Path:
     return prepare_dataset(cfg, wait=True)
 
 
-def _compose(overrides: list[str]) -> DataConfig:
-    """cfg.data of the one config tree (conf/config.yaml) with the command line's overrides applied."""
-    from omegaconf import OmegaConf
-
-    from conf import compose
-
-    return OmegaConf.to_object(compose(overrides).data)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(args):
@@ -352,7 +343,13 @@ def main(argv: list[str] | None = None) -> None:
             "  python -m data.prepare data=fineweb_edu data.source.max_docs=100000"
         )
         return
-    cfg = _compose(args)
+    # The command composes the whole config (conf/config.yaml plus the command line) and keeps cfg.data:
+    # data/ itself knows only its own section (tests/test_layers.py names this function as a command).
+    from omegaconf import OmegaConf
+
+    from conf import compose
+
+    cfg: DataConfig = OmegaConf.to_object(compose(args).data)  # type: ignore[assignment]
     try:
         if "://" in cfg.dir:  # object storage: prepare locally, then upload (data/storage.py)
             from data.storage import prepare_to_url

@@ -3,12 +3,19 @@
 conf.schema.RunConfig puts them beside the model, data and launch sections. A choice field is typed with the
 StrEnum above it, so OmegaConf refuses any other value naming the allowed ones. No torch here: the schema is
 read by processes (the launcher, data.prepare) that never train.
+
+The value checks the schema cannot express (ranges, divisibility, batch arithmetic at a world size) are at
+the bottom: conf calls `validate_train_config` with the sections it needs, before any process group, model
+or dataset is touched; each check names the offending field.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from errors import ConfigError
 
 # The choice fields' allowed values; OmegaConf refuses any other value, naming these.
 Device = StrEnum("Device", ["auto", "cpu", "cuda"])
@@ -177,3 +184,109 @@ class DebugConfig:
     """The step (1-based) at which the fault fires; a crash fires on torchrun attempt 0 only."""
     fault_rank: int = 0
     """The rank that crashes."""
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    # NaN compares false with everything, so it must be named before the sign is checked.
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}={value} must be a finite number {'>= 0' if allow_zero else '> 0'}")
+
+
+def _spike_settings(t: TrainerConfig) -> None:
+    """The spike detector's limits (train/spikes.py): a window to measure noise over, thresholds >= 0."""
+    from train.spikes import MIN_HISTORY
+
+    if t.spike_window < MIN_HISTORY:
+        raise ConfigError(f"trainer.spike_window={t.spike_window} must be >= {MIN_HISTORY} steps")
+    _positive("trainer.loss_spike_jump", t.loss_spike_jump, allow_zero=True)
+    _positive("trainer.loss_spike_deviations", t.loss_spike_deviations, allow_zero=True)
+    if t.grad_spike_factor < 1.0:
+        raise ConfigError(
+            f"trainer.grad_spike_factor={t.grad_spike_factor} must be >= 1 (a multiple of the median)"
+        )
+
+
+def grad_accum_steps(trainer: TrainerConfig, world_size: int) -> int:
+    """Micro-steps per optimizer step so that one step sees exactly trainer.global_batch_tokens tokens."""
+    t = trainer
+    per_micro_step = t.seq_len * t.micro_batch * world_size
+    if t.global_batch_tokens % per_micro_step:
+        raise ConfigError(
+            f"trainer.global_batch_tokens={t.global_batch_tokens} must be a multiple of trainer.seq_len * "
+            f"trainer.micro_batch * world_size = {t.seq_len} * {t.micro_batch} * {world_size} = "
+            f"{per_micro_step}"
+        )
+    return t.global_batch_tokens // per_micro_step
+
+
+def _optim_settings(optim: OptimConfig, max_steps: int) -> None:
+    for key, value in (("optim.beta1", optim.beta1), ("optim.beta2", optim.beta2)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key}={value} must lie in [0, 1) (an AdamW moment decay)")
+    if str(optim.fused).lower() not in list(Fused):
+        raise ConfigError(f"optim.fused={optim.fused!r} is not one of {[f.value for f in Fused]}")
+    if not 0.0 <= optim.min_lr_ratio <= 1.0:
+        raise ConfigError(f"optim.min_lr_ratio={optim.min_lr_ratio} must lie in [0, 1]")
+    if not 0.0 < optim.decay_fraction <= 1.0:
+        raise ConfigError(f"optim.decay_fraction={optim.decay_fraction} must lie in (0, 1]")
+    if optim.warmup_steps >= max_steps and optim.schedule != "constant":
+        raise ConfigError(
+            f"optim.warmup_steps={optim.warmup_steps} must be < trainer.max_steps={max_steps} for "
+            f"schedule {str(optim.schedule)!r}"
+        )
+
+
+def _parallel_settings(parallel: ParallelConfig, world_size: int) -> None:
+    if parallel.activation_checkpointing == "every_k":
+        _positive("parallel.ac_every", parallel.ac_every)
+    if parallel.mode == "single" and world_size > 1:
+        raise ConfigError(
+            f"parallel.mode='single' runs one process, but world_size={world_size}; use ddp|fsdp"
+        )
+    if parallel.mode == "hsdp":
+        _positive("parallel.replicate", parallel.replicate)
+        if world_size % parallel.replicate:
+            raise ConfigError(
+                f"parallel.replicate={parallel.replicate} must divide world_size={world_size} (hsdp)"
+            )
+
+
+def validate_train_config(
+    trainer: TrainerConfig,
+    optim: OptimConfig,
+    parallel: ParallelConfig,
+    checkpoint: CheckpointConfig,
+    model_max_seq_len: int,
+    world_size: int,
+) -> None:
+    """Raises ConfigError on the first value of train's sections that cannot run at this world size, with a
+    model whose rotary table covers model_max_seq_len tokens."""
+    for key, value in (
+        ("trainer.max_steps", trainer.max_steps),
+        ("trainer.seq_len", trainer.seq_len),
+        ("trainer.micro_batch", trainer.micro_batch),
+        ("trainer.global_batch_tokens", trainer.global_batch_tokens),
+        ("trainer.log_interval", trainer.log_interval),
+        ("trainer.eval_batches", trainer.eval_batches),
+        ("trainer.spike_window", trainer.spike_window),
+        ("optim.lr", optim.lr),
+        ("optim.eps", optim.eps),
+        ("checkpoint.keep_last", checkpoint.keep_last),
+    ):
+        _positive(key, value)
+    for key, value in (
+        ("trainer.grad_clip", trainer.grad_clip),
+        ("trainer.eval_interval", trainer.eval_interval),
+        ("trainer.diag_interval", trainer.diag_interval),
+        ("trainer.peak_tflops", trainer.peak_tflops),
+        ("optim.warmup_steps", optim.warmup_steps),
+        ("optim.weight_decay", optim.weight_decay),
+        ("checkpoint.interval", checkpoint.interval),
+    ):
+        _positive(key, value, allow_zero=True)
+    _optim_settings(optim, trainer.max_steps)
+    _spike_settings(trainer)
+    _parallel_settings(parallel, world_size)
+    if trainer.seq_len > model_max_seq_len:
+        raise ConfigError(f"trainer.seq_len={trainer.seq_len} exceeds model.max_seq_len={model_max_seq_len}")
+    grad_accum_steps(trainer, world_size)

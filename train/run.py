@@ -12,7 +12,9 @@ from omegaconf import OmegaConf
 from conf import RunConfig
 from data.loader import StreamLoader
 from data.mixture import build_loader, ensure_data
+from errors import ConfigError
 from train.checkpoint import Checkpointer, complete_checkpoints
+from train.config import grad_accum_steps
 from train.export import export_model
 from train.loop import LoopParts, RunResult, Trainer, TrainingDiverged
 from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, Sink, WandbSink
@@ -21,7 +23,6 @@ from train.parallel import DistInfo, build_model, from_rank0, init_distributed, 
 from train.rundir import choose_resume, hold_run_dir, rank0_decides
 from train.spikes import spike_counters
 from train.state import Counters, TrainState
-from train.validate import ConfigError, grad_accum_steps
 
 
 class DatasetUnavailable(RuntimeError):
@@ -145,7 +146,7 @@ def _build_parts(
         state=state,
         checkpointer=checkpointer,
         logger=_build_logger(cfg, info, run_dir, counters, counters.step),
-        grad_accum=grad_accum_steps(cfg, info.world_size),
+        grad_accum=grad_accum_steps(cfg.trainer, info.world_size),
         config_yaml=config_yaml,
     )
     return parts, resume
