@@ -60,7 +60,7 @@ results: setup
 
 # Only the page: docs/results.md and docs/results/<study>/*.png from the runs in $(RESULTS_DIR).
 results-page: setup
-	$(BIN)/python -m launch.results --intro docs/results_intro.md --out docs/results.md \
+	$(BIN)/python -m analysis.results --intro docs/results_intro.md --out docs/results.md \
 		$(addprefix $(RESULTS_DIR)/,$(STUDIES))
 
 clean:

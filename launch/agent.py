@@ -11,9 +11,9 @@ from pathlib import Path
 
 from launch.command import torchrun_command
 from launch.config import LaunchConfig
-from launch.metrics import STATUS_FILE
 from launch.nodes import NodePlan
 from launch.process import LaunchStopped, run_torchrun
+from launch.summary import STATUS_FILE
 
 
 def write_status(run_dir: Path, status: dict) -> None:

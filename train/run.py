@@ -156,8 +156,11 @@ def _announce(parts: LoopParts, run_dir: Path, resume: Path | None) -> None:
     """Rank 0: the run's config next to its checkpoints, and one line saying what is about to run."""
     cfg, info, t, step = parts.cfg, parts.info, parts.cfg.trainer, parts.counters.step
     (run_dir / "config.yaml").write_text(parts.config_yaml)
+    # What the model is, recorded where run analysis reads (analysis/ never builds a model to learn it).
+    params, flops = parts.raw_model.num_params(), parts.raw_model.flops_per_token(t.seq_len)
+    parts.logger.log({"step": step, "event": "start", "params": params, "flops_per_token": flops})
     print(
-        f"run {cfg.run.name}: {parts.raw_model.num_params() / 1e6:.2f}M params ({cfg.model.attention}), "
+        f"run {cfg.run.name}: {params / 1e6:.2f}M params ({cfg.model.attention}), "
         f"{info.world_size} x {info.device.type} [{cfg.parallel.mode}], "
         f"{t.global_batch_tokens} tokens/step = {parts.grad_accum} micro-steps x {t.micro_batch} x "
         f"{t.seq_len} x {info.world_size} ranks; "

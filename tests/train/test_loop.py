@@ -67,6 +67,10 @@ def test_loop_logs_checkpoints_on_its_interval_and_once_at_the_end(tmp_path, job
     assert all(set(row) == TRAIN_ROW_KEYS for row in logged.values())
     assert (result.loss, result.tokens_per_s) == (logged[7]["loss"], logged[7]["tokens_per_s"])
     assert rows(run_dir)[-1] == {"event": "end", **result.summary()}
+    # what the model is, recorded before the first step for run analysis (analysis/ builds no model)
+    start = rows(run_dir)[0]
+    assert (start["step"], start["event"]) == (0, "start")
+    assert start["params"] > 0 and start["flops_per_token"] > 0
 
 
 def test_stop_at_step_checkpoints_and_says_so_and_the_resumed_run_matches_a_straight_one(tmp_path, jobs):

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.report import main
-from launch.results import main as results_main
-from launch.study import difference, find_variant, load_study
+from analysis.report import main
+from analysis.results import main as results_main
+from analysis.study import difference, find_variant, load_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MODEL = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_hidden=64)
@@ -19,6 +19,8 @@ PRESETS = {
     "baseline": dict(attention="baseline", baseline_head_factor=1.0),
     "diff_v2": dict(attention="diff_v2", baseline_head_factor=1.0),
 }
+RECORDED = {"baseline": (25_000, 150_000.0), "diff_v2": (26_000, 160_000.0)}
+"""(params, training FLOPs per token) as the trainer's start row records them."""
 
 
 def write_trial(sweep: Path, num: int, preset: str, seed: int, val_loss: float, spikes: int = 0) -> Path:
@@ -33,7 +35,8 @@ def write_trial(sweep: Path, num: int, preset: str, seed: int, val_loss: float, 
         "wandb": {"group": sweep.name},
     }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    rows = []
+    params, flops = RECORDED[preset]
+    rows = [{"step": 0, "event": "start", "params": params, "flops_per_token": flops}]
     for step in (10, 20):
         loss = val_loss + (20 - step) / 100  # the final val loss is val_loss
         rows.append({"step": step, "loss": loss, "grad_norm": 0.5, "tokens_seen": step * 64})
@@ -75,8 +78,17 @@ def test_trials_group_into_variants_by_what_differs_besides_the_seed(sweep: Path
     assert base.mean("loss_spikes") == pytest.approx(1.0)
     assert base.mean("act_ratio") == pytest.approx(6.0)
     assert base.mean("tokens") == 1280
-    assert variants[1].mean("params") > base.mean("params")  # 2h query heads and lambda_proj
-    assert variants[1].mean("flops_per_token") > base.mean("flops_per_token")
+    # read from what each run recorded, not from a model built here
+    assert (base.mean("params"), base.mean("flops_per_token")) == RECORDED["baseline"]
+    assert (variants[1].mean("params"), variants[1].mean("flops_per_token")) == RECORDED["diff_v2"]
+
+
+def test_a_run_that_recorded_no_start_row_shows_no_parameters(sweep: Path) -> None:
+    run = sorted(sweep.iterdir())[0]
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("".join(r + "\n" for r in rows if '"start"' not in r))
+    baseline = load_study(sorted(sweep.iterdir()))[0]
+    assert [t.metrics["params"] for t in baseline.trials] == [None, 25_000, 25_000]
 
 
 def test_paired_difference_tells_a_real_gap_from_seed_noise(sweep: Path) -> None:

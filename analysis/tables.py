@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from launch.study import Difference, TrialResult, VariantResult, difference
+from analysis.study import Difference, TrialResult, VariantResult, difference
 
 Row = list[str]
 
