@@ -2,43 +2,51 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per set of packages: training needs torch and the project's own dependencies; the tests add the
+# `dev` extra (pytest, ruff, moto, s3fs, transformers, lm-eval, submitit). Each is installed once, again when
+# pyproject.toml changes.
+TRAIN_STAMP := $(VENV)/.installed-train
+TEST_STAMP := $(VENV)/.installed-test
 # torch is pinned to the CPU build that lies on this machine's disk; GPU machines bring their own torch (>=2.11).
 TORCH ?= torch==2.13.0
 ARGS ?=
 
 .PHONY: setup train test test-fast lint format bench prepare results results-page clean
 
-setup: $(STAMP)
+setup: $(TRAIN_STAMP)
 
-$(STAMP): pyproject.toml
+$(TRAIN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+	$(BIN)/python -m pip install -q -e .
+	touch $(TRAIN_STAMP)
 
-train: setup
+$(TEST_STAMP): $(TRAIN_STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(TEST_STAMP)
+
+train: $(TRAIN_STAMP)
 	$(BIN)/python -m train $(ARGS)
 
-prepare: setup
+prepare: $(TRAIN_STAMP)
 	$(BIN)/python -m data.prepare $(ARGS)
 
-test: setup
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-test-fast: setup
+test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
-lint: setup
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: setup
+format: $(TEST_STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: setup
+bench: $(TRAIN_STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
 # The CPU study behind docs/results.md: diff_v2_vs_baseline and ablations, 3 seeds each, at model=mini (30 runs
@@ -51,7 +59,7 @@ RESULTS_ARGS ?= model=mini data=stdlib_small trainer.seq_len=128 trainer.micro_b
 RESULTS_DIR ?= runs/results
 STUDIES := diff_v2_vs_baseline ablations
 
-results: setup
+results: $(TRAIN_STAMP)
 	$(BIN)/python -m data.prepare data=stdlib_small
 	for study in $(STUDIES); do OMP_NUM_THREADS=1 $(BIN)/python -m launch --multirun +experiment=$$study \
 		$(RESULTS_ARGS) hydra.sweep.dir=$(RESULTS_DIR)/$$study $(ARGS) \
@@ -59,7 +67,7 @@ results: setup
 	$(MAKE) results-page
 
 # Only the page: docs/results.md and docs/results/<study>/*.png from the runs in $(RESULTS_DIR).
-results-page: setup
+results-page: $(TRAIN_STAMP)
 	$(BIN)/python -m analysis.results --intro docs/results_intro.md --out docs/results.md \
 		$(addprefix $(RESULTS_DIR)/,$(STUDIES))
 
