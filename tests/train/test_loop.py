@@ -97,17 +97,17 @@ def test_a_checkpoint_holds_the_run_config_once_as_its_config_yaml(tmp_path, job
     from torch.distributed.checkpoint import FileSystemReader
 
     run_dir = tmp_path / "run"
-    train_here(jobs, run_dir, "trainer.max_steps=2", "checkpoint.interval=0")
-    step = run_dir / "checkpoints" / "step_00000002"
+    train_here(jobs, run_dir, "trainer.max_steps=3", "checkpoint.interval=0")
+    step = run_dir / "checkpoints" / "step_00000003"
     saved = FileSystemReader(str(step)).read_metadata().state_dict_metadata
     assert not [key for key in saved if "config" in key]  # not inside the state as well
     assert (step / "config.yaml").read_text() == (run_dir / "config.yaml").read_text()
-    assert OmegaConf.create((step / "config.yaml").read_text()).trainer.max_steps == 2
+    assert OmegaConf.create((step / "config.yaml").read_text()).trainer.max_steps == 3
 
 
 def test_the_run_config_is_not_edited_by_what_the_data_decides(tmp_path, jobs):
     run_dir = tmp_path / "run"
-    overrides = [*jobs.tiny, *QUIET, f"run.dir={run_dir}", "trainer.max_steps=1", "model.doc_mask=true"]
+    overrides = [*jobs.tiny, *QUIET, f"run.dir={run_dir}", "trainer.max_steps=3", "model.doc_mask=true"]
     cfg = compose([*overrides, "checkpoint.export_safetensors=true"])
     run_cfg = validated(cfg, world_size=1)
     run_training(run_cfg, OmegaConf.to_yaml(cfg, resolve=True))
