@@ -22,27 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import Rope, build_attention
-from model.config import ModelConfig, validate_model_config
-from model.documents import Documents, build_documents, document_positions
-from model.flops import flops_per_token
-from model.generate import generate
-from model.kernel import flash_available
-from model.kv_cache import KVCache
-from model.rope import rope_tables
-
-
-class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
-
-    def __init__(self, d_model: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(d_model, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, d_model, bias=False)
-        self.w3 = nn.Linear(d_model, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+from .attention import Rope
+from .config import ModelConfig, validate_model_config
+from .documents import Documents, build_documents, cached_documents, document_positions
+from .feed_forward import build_feed_forward
+from .flops import flops_per_token
+from .generate import generate
+from .kernel import flash_available
+from .kv_cache import KVCache, KVCaches
+from .rope import rope_tables
+from .variants import build_attention
 
 
 class TransformerBlock(nn.Module):
@@ -54,13 +43,18 @@ class TransformerBlock(nn.Module):
         self.attention_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attention = build_attention(cfg, layer_idx)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.feed_forward = FeedForward(cfg.d_model, cfg.ffn_hidden)
+        self.feed_forward = build_feed_forward(cfg, layer_idx)
 
     def forward(
-        self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None, docs: Documents | None = None
+        self,
+        x: torch.Tensor,
+        rel_pos: Rope,
+        cache: KVCache | None = None,
+        docs: Documents | None = None,
+        aux_losses: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), rel_pos, cache, docs)
-        return x + self.feed_forward(self.ffn_norm(x))
+        return x + self.feed_forward(self.ffn_norm(x), aux_losses)
 
 
 class Transformer(nn.Module):
@@ -104,45 +98,61 @@ class Transformer(nn.Module):
                 nn.init.normal_(proj.weight, std=cfg.init_std)
             nn.init.normal_(attn.o_proj.weight, std=residual_std)
             attn.reset_variant_parameters()
-            nn.init.normal_(layer.feed_forward.w1.weight, std=cfg.init_std)
-            nn.init.normal_(layer.feed_forward.w3.weight, std=cfg.init_std)
-            nn.init.normal_(layer.feed_forward.w2.weight, std=residual_std)
+            layer.feed_forward.init_weights(cfg.init_std, residual_std)
             layer.attention_norm.reset_parameters()
             layer.ffn_norm.reset_parameters()
         self.norm.reset_parameters()
         if self.output is not None:
             nn.init.normal_(self.output.weight, std=cfg.init_std)
 
-    def forward(self, tokens: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
-        """Logits [B, N, vocab] for tokens [B, N]; with `caches` (decoding) they follow the cached tokens."""
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        caches: KVCaches | None = None,
+        aux_losses: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, N, vocab] for tokens [B, N]; with `caches` (decoding) they follow the cached tokens, and
+        with model.doc_mask the cached tokens' documents hold as in a full forward over all of them.
+
+        `aux_losses`: a dict the feed-forward modules add their auxiliary losses to (none for dense SwiGLU;
+        the place a mixture of experts' balancing loss goes), for the trainer to add to the loss."""
         n = tokens.shape[1]
-        start = caches[0].pos if caches else 0
+        start = caches.pos if caches else 0
         if start + n > self.cfg.max_seq_len:
             raise ValueError(f"{start + n} tokens exceed model.max_seq_len={self.cfg.max_seq_len}")
         rel_pos = (self.rope_cos[start : start + n], self.rope_sin[start : start + n])
-        docs = self._documents(tokens) if self.cfg.doc_mask and not caches else None
-        if docs is not None and self.cfg.doc_positions:
-            positions = document_positions(docs.ids)  # [B, N]: RoPE restarts at every document
+        docs, positions = self._documents(tokens, caches) if self.cfg.doc_mask else (None, None)
+        if positions is not None and self.cfg.doc_positions:  # [B, N]: RoPE restarts at every document
             rel_pos = (self.rope_cos[positions], self.rope_sin[positions])
         h = self.tok_embeddings(tokens)
         for i, layer in enumerate(self.layers):
-            h = layer(h, rel_pos, caches[i] if caches else None, docs)
+            h = layer(h, rel_pos, caches[i] if caches else None, docs, aux_losses)
         h = self.norm(h)
         return F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
 
-    def _documents(self, tokens: torch.Tensor) -> Documents:
-        """The window's document boundaries, once per forward, in the form the kernel will take: flash-attn's
-        segments where it may run (CUDA, package present), else SDPA's mask."""
+    def _documents(self, tokens: torch.Tensor, caches: KVCaches | None) -> tuple[Documents, torch.Tensor]:
+        """The document boundaries and positions of `tokens`, once per forward, in the form the kernel will
+        take: flash-attn's segments where it may run (CUDA, package present), else SDPA's mask; when decoding,
+        a mask over every cached token (the caches keep the tokens, so a boundary in the prompt holds)."""
+        eot = self.cfg.eot_token
+        if caches is not None:
+            if not isinstance(caches, KVCaches):
+                raise TypeError(
+                    "model.doc_mask=true decodes with model.new_kv_caches(...), which keep the tokens"
+                )
+            return cached_documents(caches.record(tokens), tokens.shape[1], eot)
         impl = self.cfg.attn_impl
         varlen = impl == "flash" or (impl == "auto" and tokens.is_cuda and flash_available())
-        return build_documents(tokens, self.cfg.eot_token, for_varlen=varlen)
+        docs = build_documents(tokens, eot, for_varlen=varlen)
+        return docs, document_positions(docs.ids)
 
-    def new_kv_caches(self, batch: int, max_len: int) -> list[KVCache]:
+    def new_kv_caches(self, batch: int, max_len: int) -> KVCaches:
         """One empty cache per layer, on the model's device and in its parameter dtype."""
         weight = self.tok_embeddings.weight
-        return [
+        layers = [
             layer.attention.kv_cache(batch, max_len, weight.device, weight.dtype) for layer in self.layers
         ]
+        return KVCaches(layers, batch, max_len, weight.device)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Distinct parameters; `exclude_embeddings` leaves out the token embedding (and so a tied head)."""
