@@ -44,8 +44,9 @@ COMMANDS = {
 function may reach above the package (to compose the whole config), never the module's library code."""
 
 
-def _imports(tree: ast.AST) -> list[tuple[str, int, str | None]]:
-    """(imported module, line, enclosing top-level function or None) for every absolute import."""
+def _imports(tree: ast.AST, package: str = "") -> list[tuple[str, int, str | None]]:
+    """(imported module, line, enclosing top-level function or None) for every import; a relative one is
+    resolved against `package`, the dotted package of the file (model/ imports itself relatively)."""
     found: list[tuple[str, int, str | None]] = []
 
     def visit(node: ast.AST, function: str | None) -> None:
@@ -55,9 +56,11 @@ def _imports(tree: ast.AST) -> list[tuple[str, int, str | None]]:
                 scope = child.name
             if isinstance(child, ast.Import):
                 found.extend([(alias.name, child.lineno, scope) for alias in child.names])
-            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+            elif isinstance(child, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - child.level + 1] if child.level else []
+                module = ".".join([*base, *([child.module] if child.module else [])])
                 # `from train import config` imports train.config: name the submodule when it is one.
-                found.extend([(f"{child.module}.{alias.name}", child.lineno, scope) for alias in child.names])
+                found.extend([(f"{module}.{alias.name}", child.lineno, scope) for alias in child.names])
             visit(child, scope)
 
     visit(tree, None)
@@ -80,7 +83,8 @@ def violations() -> list[str]:
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
-            for dotted, line, function in _imports(ast.parse(path.read_text(), rel)):
+            dotted_package = ".".join(path.relative_to(ROOT).parent.parts)
+            for dotted, line, function in _imports(ast.parse(path.read_text(), rel), dotted_package):
                 top = dotted.split(".")[0]
                 if top not in PACKAGES or top == package or (rel, function) in COMMANDS:
                     continue
@@ -104,10 +108,14 @@ def test_each_named_command_exists(path: str, function: str):
     assert function in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, (path, function)
 
 
-def test_the_scan_sees_imports_inside_functions(tmp_path: Path):
-    source = "import os\n\ndef main():\n    from conf import compose\n    import launch.config\n"
-    assert [(m, f) for m, _, f in _imports(ast.parse(source))] == [
+def test_the_scan_sees_imports_inside_functions_and_relative_ones():
+    source = (
+        "import os\nfrom .config import X\n\n"
+        "def main():\n    from conf import compose\n    from ..train import run\n"
+    )
+    assert [(m, f) for m, _, f in _imports(ast.parse(source), "model")] == [
         ("os", None),
+        ("model.config.X", None),
         ("conf.compose", "main"),
-        ("launch.config", "main"),
+        ("train.run", "main"),
     ]
