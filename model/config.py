@@ -107,6 +107,18 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ConfigError(
             f"model.n_heads={cfg.n_heads} must be divisible by model.n_kv_heads={cfg.n_kv_heads} (GQA groups)"
         )
+    _check_variant(cfg)
+    if cfg.doc_positions and not cfg.doc_mask:
+        _fail(
+            "doc_positions", cfg.doc_positions, "needs model.doc_mask=true (positions restart per document)"
+        )
+    if not -1 <= cfg.eot_token < cfg.vocab_size:
+        _fail("eot_token", cfg.eot_token, f"must be -1 (from the dataset) or in [0, {cfg.vocab_size})")
+
+
+def _check_variant(cfg: ModelConfig) -> None:
+    """The attention variant's own constraints: ablation fields only with DIFF V2, the baseline's head factor,
+    DIFF V1's even head counts, a cross-group pairing with groups to cross."""
     if cfg.attention != "diff_v2":
         for field, default in (("pairing", "grouped"), ("lambda_mode", "sigmoid")):
             if getattr(cfg, field) != default:
@@ -132,12 +144,6 @@ def validate_model_config(cfg: ModelConfig) -> None:
             f"model.attention='diff_v1' needs even model.n_heads={cfg.n_heads} and model.n_kv_heads="
             f"{cfg.n_kv_heads}: V1 splits them into h/2 differential heads of two sub-heads each"
         )
-    if cfg.doc_positions and not cfg.doc_mask:
-        _fail(
-            "doc_positions", cfg.doc_positions, "needs model.doc_mask=true (positions restart per document)"
-        )
-    if not -1 <= cfg.eot_token < cfg.vocab_size:
-        _fail("eot_token", cfg.eot_token, f"must be -1 (from the dataset) or in [0, {cfg.vocab_size})")
     if cfg.attention == "diff_v2" and cfg.pairing == "cross_group" and cfg.n_kv_heads < 2:
         _fail(
             "pairing",
