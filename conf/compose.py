@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from conf.schema import ConfigError, RunConfig, check_choices, check_known_keys, register_configs
+from data.config import validate_data_config
 from model.config import ModelConfig, validate_model_config
 from train.config import validate_train_config
 
@@ -76,6 +77,7 @@ def validate_run_config(cfg: RunConfig, world_size: int) -> None:
     # choices (a ModelConfig is also built in Python alone, for Transformer(cfg)).
     check_choices(cfg, skip=("model",))
     validate_model_config(cfg.model)
+    validate_data_config(cfg.data)
     validate_train_config(
         cfg.trainer, cfg.optim, cfg.parallel, cfg.checkpoint, cfg.model.max_seq_len, world_size
     )

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import tiktoken
 
+import errors
 from data.config import DataConfig
 from data.encode import encode_batch, init_worker
 from data.lock import dataset_write_lock
+from data.objectstore import is_url
 from data.shards import (
     MANIFEST,
     SPLITS,
@@ -35,6 +37,7 @@ from data.shards import (
 )
 from data.sources import count_documents, describe_source, iter_documents
 from data.tokenizer import encoding_fingerprint, load_tokenizer, save_bpe, tokenizer_files
+from data.upload import staged_config, upload_dataset
 from data.writer import SplitWriter, empty_split_state
 
 PROGRESS = ".prepare_progress.json"
@@ -334,6 +337,16 @@ def ensure_dataset(cfg: DataConfig) -> Path:
     return prepare_dataset(cfg, wait=True)
 
 
+def prepare_to_url(cfg: DataConfig) -> Path:
+    """Prepares `cfg` in a local staging directory, then uploads it to the URL data.dir, manifest last."""
+    local = staged_config(cfg)
+    prepare_dataset(local)
+    upload_dataset(local.dir, cfg.dir.rstrip("/"), cfg.cache.retries)
+    print(f"uploaded {local.dir} -> {cfg.dir.rstrip('/')}")
+    return Path(local.dir)
+
+
+@errors.reports_errors
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(args):
@@ -344,21 +357,21 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     # The command composes the whole config (conf/config.yaml plus the command line) and keeps cfg.data:
-    # data/ itself knows only its own section (tests/test_layers.py names this function as a command).
+    # data/ itself knows only its own section (tests/test_layers.py names this function as a command). A
+    # credential URL in the overrides or the composed config is refused before anything is read or written.
     from omegaconf import OmegaConf
 
     from conf import compose
+    from data.credentials import refuse_in_args, refuse_in_config
 
-    cfg: DataConfig = OmegaConf.to_object(compose(args).data)  # type: ignore[assignment]
-    try:
-        if "://" in cfg.dir:  # object storage: prepare locally, then upload (data/storage.py)
-            from data.storage import prepare_to_url
-
-            prepare_to_url(cfg)
-        else:
-            prepare_dataset(cfg)
-    except DatasetError as err:
-        raise SystemExit(f"data.prepare: {err}") from None
+    refuse_in_args(args)  # before composing: a bad key's error would repeat the override's value
+    data = compose(args).data
+    refuse_in_config(OmegaConf.to_container(data, resolve=True))
+    cfg: DataConfig = OmegaConf.to_object(data)  # type: ignore[assignment]
+    if is_url(cfg.dir):  # object storage: prepare locally, then upload (data/upload.py)
+        prepare_to_url(cfg)
+    else:
+        prepare_dataset(cfg)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from data.credentials import redact, refuse_in_config
+from errors import ConfigError, ProjectError
 from launch import sweep
 from launch.agent import run_agent
 from launch.command import train_overrides
@@ -42,10 +44,14 @@ def launch_task(cfg: DictConfig) -> int:
         )
     try:
         validate_config(cfg)
-        from train.rundir import check_run_name  # torch-heavy: only once a launch gets this far
+        refuse_in_config(OmegaConf.to_container(cfg, resolve=True))
+        from train.rundir import check_run_dir_placement, check_run_name  # torch-heavy: imported late
 
         check_run_name(cfg.run.name)  # before the agent creates run.dir
-    except ValueError as exc:
+        check_run_dir_placement(Path(cfg.run.dir))
+    except ProjectError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except ValueError as exc:  # the model's own checks raise plain ValueError
         return _fail(str(exc))
     overrides = train_overrides(task, extra)
     if cfg.launch.kind == "slurm":
@@ -74,6 +80,6 @@ def _record(rc: int) -> int:
     return rc
 
 
-def _fail(message: str) -> int:
-    print(f"launch: error: {message}", file=sys.stderr, flush=True)
-    return _record(2)
+def _fail(message: str, code: int = ConfigError.exit_code) -> int:
+    print(f"launch: error: {redact(message)}", file=sys.stderr, flush=True)
+    return _record(code)

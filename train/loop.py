@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+import errors
 from conf import RunConfig
 from model import Transformer
 from model.diagnostics import DiagnosticsRecorder
@@ -30,7 +31,7 @@ from train.state import Batch, Loader, TrainState
 from train.throughput import mfu, peak_flops, peak_memory_gb
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(errors.Diverged, RuntimeError):
     """The loss became NaN or inf; the run stops without writing a checkpoint."""
 
 

@@ -10,9 +10,11 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+import errors
 from conf import RunConfig
+from data.build import build_loader, ensure_data
 from data.loader import StreamLoader
-from data.mixture import build_loader, ensure_data
+from data.spec import LoaderSpec
 from errors import ConfigError
 from model.config import ModelConfig
 from train.checkpoint import Checkpointer, complete_checkpoints
@@ -27,7 +29,7 @@ from train.spikes import spike_counters
 from train.state import Counters, TrainState
 
 
-class DatasetUnavailable(RuntimeError):
+class DatasetUnavailable(errors.DatasetUnavailable, RuntimeError):
     """Rank 0 could not find or prepare the dataset."""
 
 
@@ -59,18 +61,19 @@ def _prepare_data(cfg: RunConfig, info: DistInfo) -> None:
 def _loader(cfg: RunConfig, info: DistInfo, split: str) -> StreamLoader:
     """This rank's slice of the global stream: shuffled for train, in order (reset per eval) for val."""
     t = cfg.trainer
-    return build_loader(
-        cfg.data,
+    spec = LoaderSpec(
         split,
         t.seq_len,
         t.micro_batch,
-        info.rank,
-        info.world_size,
         cfg.run.seed,
+        dp_rank=info.rank,  # every rank is a data-parallel rank until tensor parallelism lands
+        dp_size=info.world_size,
         shuffle=split == "train",
+        prefetch=cfg.data.prefetch,
         pin_memory=info.device.type == "cuda",
         verify=cfg.data.verify_shards,
     )
+    return build_loader(cfg.data, spec)
 
 
 def _build_logger(
