@@ -16,7 +16,7 @@ from pathlib import Path
 
 import errors
 from infer.load import Loaded, add_source_arguments, load_from_args
-from infer.scoring import token_logprobs
+from model.scoring import token_logprobs
 
 
 @dataclass

@@ -68,12 +68,22 @@ class TrainerConfig:
     """Micro-batches per rank in one validation pass."""
     diag_interval: int = 50
     """Steps between DIFF diagnostics (lambda stats, activation maxima, context RMS, qk-logits, sink mass)."""
+    diag_sequences: int = 8
+    """Sequences of the step's last micro-batch (at most trainer.micro_batch) the attention diagnostics read:
+    means over all of them, qk_logit_max the max over all. Cost: one more forward plus explicit softmax maps
+    per sequence (model/diagnostics.py)."""
+    downstream_tasks: list[str] = field(default_factory=list)
+    """Multiple-choice task files (lm-eval-style YAML + JSONL, e.g. tests/infer/tasks/python_mc.yaml; paths
+    relative to the working directory) scored during training (train/downstream.py); empty: none."""
+    downstream_interval: int = 0
+    """Steps between downstream scores (also scored at the last step); 0: off. Logged as
+    downstream/<task>/acc and /acc_norm, beside val_loss."""
     loss_spike_jump: float = 0.03
     """A loss spike exceeds the loss's recent level (median of the last 5 steps) by more than this fraction
     of it, and by loss_spike_deviations robust stds; see train/spikes.py."""
     loss_spike_deviations: float = 6.0
     """A loss spike exceeds the recent level by more than this many robust stds of the per-step noise
-    (1.4826 * MAD of the differences over spike_window steps): small batches' noise does not count."""
+    (1.4826 * MAD of the second differences over spike_window steps): small batches' noise does not count."""
     grad_spike_factor: float = 2.0
     """A grad-norm spike exceeds this multiple of the grad norm's recent level (median of the last 5)."""
     detect_anomaly_nan: bool = True
@@ -194,16 +204,32 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 def _spike_settings(t: TrainerConfig) -> None:
     """The spike detector's limits (train/spikes.py): a window to measure noise over, thresholds >= 0."""
-    from train.spikes import MIN_HISTORY
+    from train.spikes import WINDOW_MIN
 
-    if t.spike_window < MIN_HISTORY:
-        raise ConfigError(f"trainer.spike_window={t.spike_window} must be >= {MIN_HISTORY} steps")
+    if t.spike_window < WINDOW_MIN:
+        raise ConfigError(f"trainer.spike_window={t.spike_window} must be >= {WINDOW_MIN} steps")
     _positive("trainer.loss_spike_jump", t.loss_spike_jump, allow_zero=True)
     _positive("trainer.loss_spike_deviations", t.loss_spike_deviations, allow_zero=True)
     if t.grad_spike_factor < 1.0:
         raise ConfigError(
             f"trainer.grad_spike_factor={t.grad_spike_factor} must be >= 1 (a multiple of the median)"
         )
+
+
+def _downstream_settings(t: TrainerConfig) -> None:
+    """Downstream tasks need an interval and files that load (a bad one fails now, not at the first score)."""
+    from data.tasks import load_choice_task
+
+    if t.downstream_interval and not t.downstream_tasks:
+        raise ConfigError(
+            f"trainer.downstream_interval={t.downstream_interval} but trainer.downstream_tasks is empty; "
+            "name task files, e.g. trainer.downstream_tasks=[tests/infer/tasks/python_mc.yaml]"
+        )
+    for i, path in enumerate(t.downstream_tasks if t.downstream_interval else []):
+        try:
+            load_choice_task(path)
+        except ConfigError as err:
+            raise ConfigError(f"trainer.downstream_tasks[{i}]: {err}") from None
 
 
 def grad_accum_steps(trainer: TrainerConfig, world_size: int) -> int:
@@ -269,6 +295,7 @@ def validate_train_config(
         ("trainer.log_interval", trainer.log_interval),
         ("trainer.eval_batches", trainer.eval_batches),
         ("trainer.spike_window", trainer.spike_window),
+        ("trainer.diag_sequences", trainer.diag_sequences),
         ("optim.lr", optim.lr),
         ("optim.eps", optim.eps),
         ("checkpoint.keep_last", checkpoint.keep_last),
@@ -278,6 +305,7 @@ def validate_train_config(
         ("trainer.grad_clip", trainer.grad_clip),
         ("trainer.eval_interval", trainer.eval_interval),
         ("trainer.diag_interval", trainer.diag_interval),
+        ("trainer.downstream_interval", trainer.downstream_interval),
         ("trainer.peak_tflops", trainer.peak_tflops),
         ("optim.warmup_steps", optim.warmup_steps),
         ("optim.weight_decay", optim.weight_decay),
@@ -286,6 +314,7 @@ def validate_train_config(
         _positive(key, value, allow_zero=True)
     _optim_settings(optim, trainer.max_steps)
     _spike_settings(trainer)
+    _downstream_settings(trainer)
     _parallel_settings(parallel, world_size)
     if trainer.seq_len > model_max_seq_len:
         raise ConfigError(f"trainer.seq_len={trainer.seq_len} exceeds model.max_seq_len={model_max_seq_len}")

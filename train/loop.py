@@ -24,6 +24,7 @@ from model import Transformer
 from model.diagnostics import DiagnosticsRecorder
 from train.checkpoint import Checkpointer
 from train.debug import FaultInjector
+from train.downstream import DownstreamEval
 from train.metrics import MetricsLogger, Row
 from train.parallel import DistInfo, autocast, grad_sync
 from train.signals import StopRequest
@@ -49,6 +50,8 @@ class LoopParts:
     checkpointer: Checkpointer
     logger: MetricsLogger
     grad_accum: int
+    downstream: DownstreamEval | None = None
+    """trainer.downstream_tasks, when trainer.downstream_interval is set."""
 
 
 @dataclass
@@ -182,7 +185,8 @@ class Trainer:
     def diagnostics(self) -> dict[str, float]:
         """DIFF diagnostics on the last training micro-batch (rank 0's values are logged)."""
         inputs, _ = self.last_batch
-        with DiagnosticsRecorder(self.parts.raw_model) as rec, autocast(self.cfg.parallel, self.info):
+        recorder = DiagnosticsRecorder(self.parts.raw_model, self.cfg.trainer.diag_sequences)
+        with recorder as rec, autocast(self.cfg.parallel, self.info):
             self.parts.state.model(inputs)
         return rec.summary()
 
@@ -233,6 +237,8 @@ class Trainer:
             parts.logger.log({"step": step, **self.diagnostics()})
         if trainer.eval_interval and step % trainer.eval_interval == 0 and step < trainer.max_steps:
             parts.logger.log({"step": step, "val_loss": self.evaluate()})
+        if parts.downstream and (step % trainer.downstream_interval == 0 or step == trainer.max_steps):
+            parts.logger.log({"step": step, **parts.downstream.scores(parts.raw_model)})
         return row
 
     def run(self) -> RunResult:

@@ -19,6 +19,7 @@ from errors import ConfigError
 from model.config import ModelConfig
 from train.checkpoint import Checkpointer, complete_checkpoints
 from train.config import grad_accum_steps
+from train.downstream import DownstreamEval
 from train.export import export_model
 from train.loop import LoopParts, RunResult, Trainer, TrainingDiverged
 from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, Sink, WandbSink
@@ -115,6 +116,17 @@ def _model_config_from_data(model: ModelConfig, eot_token: int) -> ModelConfig:
     return dataclasses.replace(model, eot_token=eot_token)
 
 
+def _downstream_eval(cfg: RunConfig, eot_token: int) -> DownstreamEval | None:
+    """trainer.downstream_tasks scored every trainer.downstream_interval steps; None when either is unset."""
+    t = cfg.trainer
+    if not (t.downstream_interval and t.downstream_tasks):
+        return None
+    from data.tokenizer import load_tokenizer
+
+    enc = load_tokenizer(cfg.data.tokenizer)
+    return DownstreamEval(list(t.downstream_tasks), enc.encode_ordinary, eot_token)
+
+
 def _build_parts(
     cfg: RunConfig, config_yaml: str, info: DistInfo, run_dir: Path
 ) -> tuple[LoopParts, Path | None]:
@@ -157,6 +169,7 @@ def _build_parts(
         checkpointer=checkpointer,
         logger=_build_logger(cfg, info, run_dir, state.wandb_id, state.counters.step),
         grad_accum=grad_accum_steps(cfg.trainer, info.world_size),
+        downstream=_downstream_eval(cfg, train_loader.eot_token),
     )
     return parts, resume
 

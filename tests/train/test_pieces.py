@@ -57,6 +57,7 @@ def test_grad_accum_derived_from_global_batch():
         ("trainer.loss_spike_jump", -0.1, 1),
         ("trainer.loss_spike_deviations", float("nan"), 1),
         ("trainer.grad_spike_factor", 0.5, 1),
+        ("trainer.diag_sequences", 0, 1),
     ],
 )
 def test_bad_values_name_their_field(key, value, world):
