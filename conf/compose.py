@@ -78,9 +78,7 @@ def validate_run_config(cfg: RunConfig, world_size: int) -> None:
     check_choices(cfg, skip=("model",))
     validate_model_config(cfg.model)
     validate_data_config(cfg.data)
-    validate_train_config(
-        cfg.trainer, cfg.optim, cfg.parallel, cfg.checkpoint, cfg.model.max_seq_len, world_size
-    )
+    validate_train_config(cfg.trainer, cfg.optim, cfg.parallel, cfg.checkpoint, cfg.model, world_size)
 
 
 def attention_presets(size: str) -> dict[str, ModelConfig]:

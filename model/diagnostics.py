@@ -71,9 +71,12 @@ class DiagnosticsRecorder:
         for block in self.blocks:
             i, attn = block.layer_idx, block.attention
             self._handles.append(block.register_forward_hook(self._block_hook(i)))
-            # each variant names the module whose input is its per-head output (DIFF V1: its sub-norm)
+            # each variant names the module whose input is its per-head output (DIFF V1: its sub-norm);
+            # prepend: the heads as the attention passed them, before a wrapper's hook (tensor parallel's)
+            # converts them
             before_o = attn.head_output_module()
-            self._handles.append(before_o.register_forward_pre_hook(self._context_hook(i, attn)))
+            hook = self._context_hook(i, attn)
+            self._handles.append(before_o.register_forward_pre_hook(hook, prepend=True))
             self._handles.append(attn.register_forward_hook(self._attention_hook(i)))
         return self
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from errors import ConfigError
+from model.config import ModelConfig
 
 # The choice fields' allowed values; OmegaConf refuses any other value, naming these.
 Device = StrEnum("Device", ["auto", "cpu", "cuda"])
 Schedule = StrEnum("Schedule", ["cosine", "wsd", "constant"])
 # optim.fused stays a str field: YAML and Hydra read `true`/`false` as booleans, which Enums refuse.
 Fused = StrEnum("Fused", ["auto", "true", "false"])
-ParallelMode = StrEnum("ParallelMode", ["single", "ddp", "fsdp", "hsdp"])
 MixedPrecision = StrEnum("MixedPrecision", ["auto", "bf16", "fp32"])
 ActivationCheckpointing = StrEnum("ActivationCheckpointing", ["none", "full", "every_k"])
 Backend = StrEnum("Backend", ["auto", "nccl", "gloo"])
@@ -124,10 +124,17 @@ class OptimConfig:
 
 @dataclass
 class ParallelConfig:
-    mode: ParallelMode = ParallelMode.single
-    """single | ddp | fsdp | hsdp."""
-    replicate: int = 1
-    """hsdp: size of the replicate dimension (shard dimension = world / replicate)."""
+    """The layout as degrees of parallelism; their product is the world size (train/degrees.py). The presets
+    conf/parallel/{single,ddp,fsdp,hsdp}.yaml name common choices of them."""
+
+    dp_replicate: int = 1
+    """Data-parallel replicas (full copies, or HSDP's replicate groups); -1: what remains of the world."""
+    dp_shard: int = 1
+    """Ranks FSDP2 shards parameters, gradients and optimizer state over (1: no FSDP); -1: what remains."""
+    tp: int = 1
+    """Tensor-parallel degree: heads and FFN columns split over this many ranks of one node, with
+    sequence-parallel norms and a vocab-sharded loss (train/tensor_parallel.py). Must divide model.n_kv_heads
+    (DIFF V1: n_kv_heads / 2) so every differential pair and its K/V heads sit on one rank."""
     mixed_precision: MixedPrecision = MixedPrecision.auto
     """auto (bf16 params + fp32 reduce on CUDA, fp32 on CPU) | bf16 | fp32."""
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
@@ -139,9 +146,9 @@ class ParallelConfig:
     backend: Backend = Backend.auto
     """auto (nccl on CUDA, gloo on CPU) | nccl | gloo."""
     init: ShardedInit = ShardedInit.rank0
-    """fsdp/hsdp weight init: rank0 (rank 0 builds the full model on its CPU and sends each rank its shards:
-    weights equal at any world size) | sharded (each rank initialises its own shards: no full copy anywhere,
-    but the weights depend on the world size)."""
+    """Weight init of a sharded model (FSDP or TP): rank0 (rank 0 builds the full model on its CPU and sends
+    each rank its shards: weights equal at any layout) | sharded (each rank initialises its own shards: no
+    full copy anywhere, but the weights depend on the layout)."""
 
 
 @dataclass
@@ -232,14 +239,15 @@ def _downstream_settings(t: TrainerConfig) -> None:
             raise ConfigError(f"trainer.downstream_tasks[{i}]: {err}") from None
 
 
-def grad_accum_steps(trainer: TrainerConfig, world_size: int) -> int:
-    """Micro-steps per optimizer step so that one step sees exactly trainer.global_batch_tokens tokens."""
+def grad_accum_steps(trainer: TrainerConfig, dp_size: int) -> int:
+    """Micro-steps per optimizer step so that one step sees exactly trainer.global_batch_tokens tokens; the
+    ranks of one TP group share their batches, so only the data-parallel size counts."""
     t = trainer
-    per_micro_step = t.seq_len * t.micro_batch * world_size
+    per_micro_step = t.seq_len * t.micro_batch * dp_size
     if t.global_batch_tokens % per_micro_step:
         raise ConfigError(
             f"trainer.global_batch_tokens={t.global_batch_tokens} must be a multiple of trainer.seq_len * "
-            f"trainer.micro_batch * world_size = {t.seq_len} * {t.micro_batch} * {world_size} = "
+            f"trainer.micro_batch * data-parallel size = {t.seq_len} * {t.micro_batch} * {dp_size} = "
             f"{per_micro_step}"
         )
     return t.global_batch_tokens // per_micro_step
@@ -262,19 +270,18 @@ def _optim_settings(optim: OptimConfig, max_steps: int) -> None:
         )
 
 
-def _parallel_settings(parallel: ParallelConfig, world_size: int) -> None:
+def _parallel_settings(parallel: ParallelConfig, model: ModelConfig, seq_len: int, world_size: int) -> int:
+    """The layout's degrees against the world size and the model's heads (train/degrees.py); returns the
+    data-parallel size."""
+    from train.degrees import check_tp_fits_model, resolve_dims  # it reads this module's ParallelConfig
+
     if parallel.activation_checkpointing == "every_k":
         _positive("parallel.ac_every", parallel.ac_every)
-    if parallel.mode == "single" and world_size > 1:
-        raise ConfigError(
-            f"parallel.mode='single' runs one process, but world_size={world_size}; use ddp|fsdp"
-        )
-    if parallel.mode == "hsdp":
-        _positive("parallel.replicate", parallel.replicate)
-        if world_size % parallel.replicate:
-            raise ConfigError(
-                f"parallel.replicate={parallel.replicate} must divide world_size={world_size} (hsdp)"
-            )
+    dims = resolve_dims(parallel, world_size)
+    check_tp_fits_model(dims, model)
+    if seq_len % dims.tp:  # sequence parallel splits every window's positions over the TP ranks
+        raise ConfigError(f"parallel.tp={dims.tp} must divide trainer.seq_len={seq_len}")
+    return dims.dp_size
 
 
 def validate_train_config(
@@ -282,11 +289,11 @@ def validate_train_config(
     optim: OptimConfig,
     parallel: ParallelConfig,
     checkpoint: CheckpointConfig,
-    model_max_seq_len: int,
+    model: ModelConfig,
     world_size: int,
 ) -> None:
-    """Raises ConfigError on the first value of train's sections that cannot run at this world size, with a
-    model whose rotary table covers model_max_seq_len tokens."""
+    """Raises ConfigError on the first value of train's sections that cannot run at this world size with
+    this model (its rotary table's length; its heads, which tensor parallelism splits)."""
     for key, value in (
         ("trainer.max_steps", trainer.max_steps),
         ("trainer.seq_len", trainer.seq_len),
@@ -315,7 +322,7 @@ def validate_train_config(
     _optim_settings(optim, trainer.max_steps)
     _spike_settings(trainer)
     _downstream_settings(trainer)
-    _parallel_settings(parallel, world_size)
-    if trainer.seq_len > model_max_seq_len:
-        raise ConfigError(f"trainer.seq_len={trainer.seq_len} exceeds model.max_seq_len={model_max_seq_len}")
-    grad_accum_steps(trainer, world_size)
+    if trainer.seq_len > model.max_seq_len:
+        raise ConfigError(f"trainer.seq_len={trainer.seq_len} exceeds model.max_seq_len={model.max_seq_len}")
+    dp_size = _parallel_settings(parallel, model, trainer.seq_len, world_size)
+    grad_accum_steps(trainer, dp_size)

@@ -67,8 +67,8 @@ def _loader(cfg: RunConfig, info: DistInfo, split: str) -> StreamLoader:
         t.seq_len,
         t.micro_batch,
         cfg.run.seed,
-        dp_rank=info.rank,  # every rank is a data-parallel rank until tensor parallelism lands
-        dp_size=info.world_size,
+        dp_rank=info.dp_rank,  # the ranks of one TP group read the same batches
+        dp_size=info.dp_size,
         shuffle=split == "train",
         prefetch=cfg.data.prefetch,
         pin_memory=info.device.type == "cuda",
@@ -168,7 +168,7 @@ def _build_parts(
         val_loader=val_loader,
         checkpointer=checkpointer,
         logger=_build_logger(cfg, info, run_dir, state.wandb_id, state.counters.step),
-        grad_accum=grad_accum_steps(cfg.trainer, info.world_size),
+        grad_accum=grad_accum_steps(cfg.trainer, info.dp_size),
         downstream=_downstream_eval(cfg, train_loader.eot_token),
     )
     return parts, resume
@@ -183,9 +183,9 @@ def _announce(parts: LoopParts, run_dir: Path, resume: Path | None) -> None:
     parts.logger.log({"step": step, "event": "start", "params": params, "flops_per_token": flops})
     print(
         f"run {cfg.run.name}: {params / 1e6:.2f}M params ({cfg.model.attention}), "
-        f"{info.world_size} x {info.device.type} [{cfg.parallel.mode}], "
+        f"{info.world_size} x {info.device.type} [{info.dims.describe()}], "
         f"{t.global_batch_tokens} tokens/step = {parts.grad_accum} micro-steps x {t.micro_batch} x "
-        f"{t.seq_len} x {info.world_size} ranks; "
+        f"{t.seq_len} x {info.dp_size} data-parallel ranks; "
         f"run dir {run_dir}" + (f"; resumed from {resume} at step {step}" if resume else ""),
         flush=True,
     )
