@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from launch.command import is_launch_override, override_key
-from launch.metrics import format_table, summarize
+from launch.summary import format_table, summarize
 
 
 @dataclass
