@@ -17,36 +17,38 @@ Init (`init_weights`, also run by the constructor off the meta device):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.attention import Rope, build_attention
-from model.config import ModelConfig, validate_model_config
+from model.config import ModelConfig, is_moe_layer, validate_model_config
 from model.documents import Documents, build_documents, document_positions
+from model.feed_forward import FeedForward
 from model.flops import flops_per_token
 from model.generate import generate
 from model.kernel import flash_available
 from model.kv_cache import KVCache
+from model.moe import MoE
 from model.rope import rope_tables
 
 
-class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+@dataclass
+class LMOutput:
+    """`Transformer(tokens, return_aux=True)`: the logits and the one channel of auxiliary losses."""
 
-    def __init__(self, d_model: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(d_model, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, d_model, bias=False)
-        self.w3 = nn.Linear(d_model, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+    logits: torch.Tensor
+    """[B, N, vocab]."""
+    aux_loss: torch.Tensor | None
+    """Scalar sum over blocks of their weighted auxiliary losses (MoE load balancing, router z-loss), to be
+    added to the language-modelling loss; None when no block has one."""
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + attention(norm(x)), then + feed_forward(norm(.))."""
+    """Pre-norm block: x + attention(norm(x)), then + feed_forward(norm(.)); returns (x, the feed-forward's
+    auxiliary loss or None)."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -54,13 +56,16 @@ class TransformerBlock(nn.Module):
         self.attention_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attention = build_attention(cfg, layer_idx)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.feed_forward = FeedForward(cfg.d_model, cfg.ffn_hidden)
+        self.feed_forward = (
+            MoE(cfg) if is_moe_layer(cfg, layer_idx) else FeedForward(cfg.d_model, cfg.ffn_hidden)
+        )
 
     def forward(
         self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None, docs: Documents | None = None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = x + self.attention(self.attention_norm(x), rel_pos, cache, docs)
-        return x + self.feed_forward(self.ffn_norm(x))
+        out, aux_loss = self.feed_forward(self.ffn_norm(x))
+        return x + out, aux_loss
 
 
 class Transformer(nn.Module):
@@ -104,17 +109,18 @@ class Transformer(nn.Module):
                 nn.init.normal_(proj.weight, std=cfg.init_std)
             nn.init.normal_(attn.o_proj.weight, std=residual_std)
             attn.reset_variant_parameters()
-            nn.init.normal_(layer.feed_forward.w1.weight, std=cfg.init_std)
-            nn.init.normal_(layer.feed_forward.w3.weight, std=cfg.init_std)
-            nn.init.normal_(layer.feed_forward.w2.weight, std=residual_std)
+            layer.feed_forward.init_weights(cfg.init_std, residual_std)
             layer.attention_norm.reset_parameters()
             layer.ffn_norm.reset_parameters()
         self.norm.reset_parameters()
         if self.output is not None:
             nn.init.normal_(self.output.weight, std=cfg.init_std)
 
-    def forward(self, tokens: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
-        """Logits [B, N, vocab] for tokens [B, N]; with `caches` (decoding) they follow the cached tokens."""
+    def forward(
+        self, tokens: torch.Tensor, caches: list[KVCache] | None = None, return_aux: bool = False
+    ) -> torch.Tensor | LMOutput:
+        """Logits [B, N, vocab] for tokens [B, N]; with `caches` (decoding) they follow the cached tokens.
+        With `return_aux` an LMOutput: the logits and the blocks' auxiliary losses (what training adds)."""
         n = tokens.shape[1]
         start = caches[0].pos if caches else 0
         if start + n > self.cfg.max_seq_len:
@@ -125,10 +131,16 @@ class Transformer(nn.Module):
             positions = document_positions(docs.ids)  # [B, N]: RoPE restarts at every document
             rel_pos = (self.rope_cos[positions], self.rope_sin[positions])
         h = self.tok_embeddings(tokens)
+        aux_losses = []
         for i, layer in enumerate(self.layers):
-            h = layer(h, rel_pos, caches[i] if caches else None, docs)
+            h, aux_loss = layer(h, rel_pos, caches[i] if caches else None, docs)
+            if aux_loss is not None:
+                aux_losses.append(aux_loss)
         h = self.norm(h)
-        return F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
+        logits = F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
+        if not return_aux:
+            return logits
+        return LMOutput(logits, sum(aux_losses[1:], aux_losses[0]) if aux_losses else None)
 
     def _documents(self, tokens: torch.Tensor) -> Documents:
         """The window's document boundaries, once per forward, in the form the kernel will take: flash-attn's

@@ -1,0 +1,97 @@
+"""The mixture-of-experts feed-forward: exact where it must be, balanced by its bias, losses in the output."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from model import ModelConfig, Transformer
+from model.moe import MoE, load_balance_loss
+
+DENSE = ModelConfig(vocab_size=96, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_hidden=48)
+MOE = dataclasses.replace(DENSE, moe_experts=4, moe_top_k=2, moe_hidden=24)
+
+
+def tokens(batch: int = 2, n: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, DENSE.vocab_size, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_one_expert_top1_is_the_dense_swiglu_with_the_same_weights() -> None:
+    torch.manual_seed(0)
+    dense = Transformer(DENSE)
+    moe = Transformer(dataclasses.replace(DENSE, moe_experts=1, moe_top_k=1))
+    state = dense.state_dict()
+    for i in range(DENSE.n_layers):
+        for w in ("w1", "w2", "w3"):
+            state[f"layers.{i}.feed_forward.experts.{w}"] = state.pop(f"layers.{i}.feed_forward.{w}.weight")[
+                None
+            ]
+        state[f"layers.{i}.feed_forward.router.gate.weight"] = torch.randn(1, DENSE.d_model)
+        state[f"layers.{i}.feed_forward.router.expert_bias"] = torch.zeros(1)
+    moe.load_state_dict(state)
+    x = tokens()
+    torch.testing.assert_close(moe(x), dense(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared", [0, 1])
+def test_grouped_matmul_and_the_per_expert_loop_give_the_same_numbers(shared: int) -> None:
+    cfg = dataclasses.replace(MOE, moe_shared_experts=shared, moe_aux_coef=0.01, moe_z_coef=0.001)
+    results = []
+    for impl in ("grouped", "loop"):
+        torch.manual_seed(0)
+        model = Transformer(dataclasses.replace(cfg, moe_impl=impl))
+        out = model(tokens(), return_aux=True)
+        (out.logits.square().mean() + out.aux_loss).backward()
+        results.append((out.logits, out.aux_loss, {n: p.grad for n, p in model.named_parameters()}))
+    (logits_g, aux_g, grads_g), (logits_l, aux_l, grads_l) = results
+    assert torch.equal(logits_g, logits_l)
+    assert torch.equal(aux_g, aux_l)
+    for name, grad in grads_g.items():
+        assert torch.equal(grad, grads_l[name]), name
+
+
+def test_bias_balancing_moves_an_imbalanced_router_towards_balance() -> None:
+    torch.manual_seed(0)
+    moe = MoE(dataclasses.replace(MOE, moe_top_k=1, moe_bias_rate=0.003))
+    moe.init_weights(0.02, 0.02)
+    with torch.no_grad():
+        moe.router.gate.weight[0] += 0.1  # expert 0 wins most tokens: a collapsed router
+    x = torch.randn(512, MOE.d_model) + 0.5  # a shared direction all tokens lean along
+
+    def max_share() -> float:
+        with torch.no_grad():
+            experts = moe.router(x).experts
+        return torch.bincount(experts.flatten(), minlength=4).max().item() / experts.numel()
+
+    before = max_share()
+    for _ in range(300):  # the trainer's step: training forwards count the load, then balance() after it
+        moe(x)
+        moe.router.balance(moe.router.tokens_per_expert.clone())
+    assert before > 0.9
+    assert max_share() < 0.3  # 0.25 is perfect balance among 4 experts
+    assert moe.router.tokens_per_expert.sum() == 0  # the count restarts after every update
+
+
+def test_auxiliary_losses_leave_through_the_output_weighted_by_their_coefficients() -> None:
+    x = tokens()
+    torch.manual_seed(0)
+    assert Transformer(DENSE)(x, return_aux=True).aux_loss is None
+    assert Transformer(MOE)(x, return_aux=True).aux_loss is None  # the default balancer adds no loss
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(MOE, moe_aux_coef=0.5))
+    routings = []
+    for layer in model.layers:
+        layer.feed_forward.router.register_forward_hook(lambda m, a, out: routings.append(out))
+    aux = model(x, return_aux=True).aux_loss
+    expected = sum(0.5 * load_balance_loss(r) for r in routings)
+    assert len(routings) == MOE.n_layers
+    torch.testing.assert_close(aux, expected)
+    assert aux.requires_grad  # the router learns from it
+
+
+def test_first_dense_layers_keep_the_dense_feed_forward() -> None:
+    model = Transformer(dataclasses.replace(MOE, moe_first_dense=1))
+    assert not isinstance(model.layers[0].feed_forward, MoE)
+    assert isinstance(model.layers[1].feed_forward, MoE)
