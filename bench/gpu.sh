@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared run for a lent GPU machine (see ../shared/gpu/README.md): the CUDA tests, then training
 # tokens/s, MFU and memory of baseline vs DIFF V2 (FSDP2, bf16, compile off/on) at two sizes, then how long
-# a checkpoint stops training (blocking vs async), then KV-cache decoding of baseline vs DIFF V2 (bench.decode).
-# The step limits add up to 510 s.
+# a checkpoint stops training (blocking vs async), then KV-cache decoding of baseline vs DIFF V2 (bench.decode),
+# then MoE tokens/s (grouped matmul and per-expert loop) vs its dense twin (bench.moe).
+# The step limits add up to 535 s.
 # Everything lands in $OUT: summary.txt, one log per step, throughput-*.json.
 #
 #   here, once:   ../shared/gpu/fetch-wheels.sh tokenizers tqdm    # Hydra, OmegaConf, data.prepare's needs
@@ -58,6 +59,7 @@ step "throughput-$LARGE" 130 python3 -m bench.throughput --sizes "$LARGE" --comp
 step "checkpoint-$SMALL" 40 python3 -m bench.checkpoint model="$SMALL"
 step "decode-$SMALL" 40 python3 -m bench.decode --size "$SMALL" --prompt $((SEQ / 4)) --new 128 --batches 1 8 \
   --repeats 2 --json "$OUT/decode-$SMALL.json"
+step moe 25 python3 -m bench.moe --moe mini_moe --dense mini --batch 32 --seq-len 128
 rm -rf "$OUT"/runs-*/*/checkpoints  # none are written (checkpoint.enabled=false); never ship weights back
 cat "$OUT/summary.txt"
 exit "$failed"

@@ -4,11 +4,15 @@ Only matrix multiplies are counted (as torch.utils.flop_counter and the PaLM MFU
 >99% of the work, and elementwise ops (norms, softmax, RoPE, SiLU, DIFF V2's `a1 - lambda * a2`) are memory
 bound, so counting them would inflate MFU without measuring the tensor cores. The embedding lookup is a
 gather, not a matmul, and is not counted; the LM head is.
+
+A mixture-of-experts block counts what one token runs: the router and its top-k routed experts (plus any
+shared experts), not the experts it is not sent to, so MFU measures the active parameters' work. The
+dispatch itself (sort, gather, scatter) moves memory and is not counted.
 """
 
 from __future__ import annotations
 
-from model.config import ModelConfig, baseline_heads
+from model.config import ModelConfig, baseline_heads, is_moe_layer, moe_hidden
 
 
 def attention_projection_macs(cfg: ModelConfig) -> int:
@@ -42,12 +46,22 @@ def attention_kernel_flops(cfg: ModelConfig, seq_len: int) -> float:
     return 2.0 * (2 * h) * seq_len * (d + d)  # one call over 2h query heads: twice the baseline's h heads
 
 
+def feed_forward_macs(cfg: ModelConfig, layer_idx: int) -> int:
+    """Multiply-accumulates per token in block `layer_idx`'s feed-forward: a SwiGLU of hidden F costs
+    3 * D * F (w1, w3: D -> F; w2: F -> D); an MoE runs its router (D -> E) and top_k + shared experts of
+    hidden H."""
+    if not is_moe_layer(cfg, layer_idx):
+        return 3 * cfg.d_model * cfg.ffn_hidden
+    experts_run = cfg.moe_top_k + cfg.moe_shared_experts
+    return cfg.d_model * cfg.moe_experts + experts_run * 3 * cfg.d_model * moe_hidden(cfg)
+
+
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Forward FLOPs per token: 2 per multiply-accumulate of every weight matmul, plus attention matmuls."""
-    ffn = 3 * cfg.d_model * cfg.ffn_hidden  # SwiGLU: w1, w3 (D -> F) and w2 (F -> D)
-    per_layer = 2.0 * (attention_projection_macs(cfg) + ffn) + attention_kernel_flops(cfg, seq_len)
+    per_layer = 2.0 * attention_projection_macs(cfg) + attention_kernel_flops(cfg, seq_len)
+    ffn = sum(2.0 * feed_forward_macs(cfg, i) for i in range(cfg.n_layers))
     lm_head = 2.0 * cfg.d_model * cfg.vocab_size  # counted whether tied or not: the matmul runs either way
-    return cfg.n_layers * per_layer + lm_head
+    return cfg.n_layers * per_layer + ffn + lm_head
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

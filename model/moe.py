@@ -183,6 +183,11 @@ class MoE(nn.Module):
             out = out + self.shared_experts.swiglu(flat)
         return out.view(x.shape).to(x.dtype), self._aux_loss(routing)
 
+    def inactive_params(self) -> int:
+        """Routed-expert parameters one token does not use: (E - k) / E of them."""
+        per_expert = sum(p[0].numel() for p in self.experts.parameters())
+        return per_expert * (self.n_experts - self.top_k)
+
     def _aux_loss(self, routing: Routing) -> torch.Tensor | None:
         terms = []
         if self.aux_coef > 0:

@@ -161,6 +161,12 @@ class Transformer(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return total - self.tok_embeddings.weight.numel() if exclude_embeddings else total
 
+    def num_active_params(self) -> int:
+        """Parameters one token uses: all of them less, in every MoE block, the routed experts it is not sent
+        to (the MoE literature's "active" count: 30A3 = 30B total, 3B active)."""
+        inactive = sum(m.inactive_params() for m in self.modules() if isinstance(m, MoE))
+        return self.num_params() - inactive
+
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs (forward + backward) per token at this sequence length; see model/flops.py."""
         return flops_per_token(self.cfg, seq_len)

@@ -64,8 +64,12 @@ class StepResult:
     """One optimizer step, as every rank agrees on it after the all-reduce."""
 
     loss: float
+    """The language-modelling loss (without auxiliary losses)."""
     grad_norm: float
     lr: float
+    aux_loss: float | None = None
+    """The model's weighted auxiliary losses (MoE balancing, z-loss), added to the loss it trained on; None
+    when the model has none."""
 
 
 @dataclass
@@ -103,10 +107,13 @@ class RunResult:
         }
 
 
-def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = model(inputs)
+def lm_loss(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The language-modelling loss and the model's auxiliary losses (None when it has none)."""
+    out = model(inputs, return_aux=True)
     # Logits may come back in bf16; the softmax and the mean are taken in fp32.
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten()), out.aux_loss
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:
@@ -140,23 +147,27 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches, the same result on all ranks."""
         parts, trainer = self.parts, self.cfg.trainer
         lr = parts.schedule.apply()
-        loss_sum = torch.zeros((), device=self.device)
+        loss_sum, aux_sum = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        aux = None
         for micro in range(parts.grad_accum):
             inputs, targets = self._next_batch()
             with grad_sync(parts.model, micro == parts.grad_accum - 1):
                 with autocast(self.cfg.parallel, self.info):
-                    loss = self.faults.loss(lm_loss(parts.model, inputs, targets), step)
-                (loss / parts.grad_accum).backward()
+                    loss, aux = lm_loss(parts.model, inputs, targets)
+                    loss = self.faults.loss(loss, step)
+                ((loss if aux is None else loss + aux) / parts.grad_accum).backward()
             loss_sum += loss.detach()
-        # One all-reduce carries the loss and whether any rank was asked to stop.
-        packed = torch.stack(
-            [loss_sum / parts.grad_accum, torch.tensor(float(self.stop.requested), device=self.device)]
-        )
+            if aux is not None:
+                aux_sum += aux.detach()
+        # One all-reduce carries the loss, the auxiliary loss and whether any rank was asked to stop.
+        stop = torch.tensor(float(self.stop.requested), device=self.device)
+        packed = torch.stack([loss_sum / parts.grad_accum, aux_sum / parts.grad_accum, stop])
         dist.all_reduce(packed)
         loss_value = packed[0].item() / self.info.world_size
+        aux_value = None if aux is None else packed[1].item() / self.info.world_size
         # Act on the agreed flag only: a signal landing after the all-reduce waits for the next step, so
         # that every rank enters the checkpoint collectives at the same step.
-        self.stop_agreed = packed[1].item() > 0
+        self.stop_agreed = packed[2].item() > 0
         if trainer.detect_anomaly_nan and not math.isfinite(loss_value):
             raise TrainingDiverged(
                 f"loss is {loss_value} at step {step} (lr {lr:.3g}); stopping without a checkpoint. "
@@ -167,7 +178,7 @@ class Trainer:
         grad_norm = _full(torch.nn.utils.clip_grad_norm_(parts.model.parameters(), max_norm)).item()
         parts.optimizer.step()
         parts.optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss_value, grad_norm, lr)
+        return StepResult(loss_value, grad_norm, lr, aux_value)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -180,7 +191,7 @@ class Trainer:
             if i >= self.cfg.trainer.eval_batches:
                 break
             with autocast(self.cfg.parallel, self.info):
-                totals[0] += lm_loss(parts.model, inputs.to(self.device), targets.to(self.device))
+                totals[0] += lm_loss(parts.model, inputs.to(self.device), targets.to(self.device))[0]
             totals[1] += 1
         dist.all_reduce(totals)
         parts.model.train()
@@ -200,9 +211,11 @@ class Trainer:
         tokens_per_s = self._window_tokens / self._window_s
         per_device = tokens_per_s / self.info.world_size
         self._window_tokens, self._window_s = 0, 0.0
+        aux = {} if result.aux_loss is None else {"aux_loss": result.aux_loss}
         return {
             "step": step,
             "loss": result.loss,
+            **aux,
             "lr": result.lr,
             "grad_norm": result.grad_norm,
             "tokens_per_s": tokens_per_s,

@@ -195,7 +195,12 @@ def build_model(
     if pcfg.mode == "ddp":
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         # DDP broadcasts rank 0's weights at construction; every rank also inits with the same seed.
-        return DistributedDataParallel(model, device_ids=device_ids, device_mesh=info.mesh), model
+        # No buffer broadcast before every forward: the buffers are equal on every rank by construction
+        # (rotary tables; MoE biases move by an all-reduced load), and each rank's MoE load count is its own.
+        ddp = DistributedDataParallel(
+            model, device_ids=device_ids, device_mesh=info.mesh, broadcast_buffers=False
+        )
+        return ddp, model
     return model, model
 
 

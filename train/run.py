@@ -16,6 +16,7 @@ from train.checkpoint import Checkpointer, complete_checkpoints
 from train.export import export_model
 from train.loop import LoopParts, RunResult, Trainer, TrainingDiverged
 from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, Sink, WandbSink
+from train.moe import install_expert_balancing
 from train.optim import LRSchedule, build_optimizer
 from train.parallel import DistInfo, build_model, from_rank0, init_distributed, shutdown_distributed
 from train.rundir import choose_resume, hold_run_dir, rank0_decides
@@ -119,6 +120,7 @@ def _build_parts(
             )
     model, raw_model = build_model(cfg.model, cfg.parallel, info, cfg.run.seed)
     optimizer = build_optimizer(model, cfg.optim, info.device)
+    install_expert_balancing(optimizer, raw_model)
     schedule = LRSchedule(optimizer, cfg.optim, t.max_steps)
     loss_spikes, grad_spikes = spike_counters(t)
     counters = Counters(config_yaml=config_yaml, loss_spikes=loss_spikes, grad_spikes=grad_spikes)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
 from model import ModelConfig, Transformer
+from model.flops import flops_per_token
 from model.moe import MoE, load_balance_loss
 
 DENSE = ModelConfig(vocab_size=96, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_hidden=48)
@@ -95,3 +97,47 @@ def test_first_dense_layers_keep_the_dense_feed_forward() -> None:
     model = Transformer(dataclasses.replace(MOE, moe_first_dense=1))
     assert not isinstance(model.layers[0].feed_forward, MoE)
     assert isinstance(model.layers[1].feed_forward, MoE)
+
+
+def size(name: str, attention: str = "diff_v2") -> ModelConfig:
+    from omegaconf import OmegaConf
+
+    from conf import compose
+
+    return OmegaConf.to_object(compose([f"model={name}", f"attention={attention}"]).model)
+
+
+def test_the_30a3_preset_has_qwen3_30b_a3bs_total_and_active_parameters() -> None:
+    with torch.device("meta"):
+        model = Transformer(size("30a3", "baseline"))  # the baseline is Qwen3-30B-A3B's attention
+    assert 30.4e9 < model.num_params() < 30.6e9  # Qwen3-30B-A3B: 30.5B total
+    assert 3.3e9 < model.num_active_params() < 3.4e9  # 3.3B active
+
+
+def test_flops_and_the_summary_count_the_active_experts_only() -> None:
+    from model.summary import summarize_model
+
+    moe, dense = size("micro_moe"), size("micro")  # equal active feed-forward width: 2 x 64 = 128
+    router = 3 * 2 * moe.d_model * moe.moe_experts * moe.n_layers  # forward + backward of the D -> E router
+    assert flops_per_token(moe, 32) - flops_per_token(dense, 32) == router
+    moe_params, dense_params = (summarize_model(c.name, c, 32, 2).params for c in (moe, dense))
+    assert dense_params["active"] == dense_params["total"]
+    assert moe_params["active"] == dense_params["total"] + moe.d_model * moe.moe_experts * moe.n_layers
+    assert moe_params["total"] == moe_params["active"] + 2 * 3 * moe.d_model * 64 * moe.n_layers  # 2 idle
+
+
+def test_diagnostics_report_each_moe_layers_load_entropy_and_losses() -> None:
+    from model.diagnostics import DiagnosticsRecorder
+
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(MOE, moe_top_k=1, moe_first_dense=1))
+    model.layers[1].feed_forward.router.expert_bias[0] = 10.0  # every token chooses expert 0
+    with DiagnosticsRecorder(model) as rec, torch.no_grad():
+        model(tokens())
+    out = rec.summary()
+    assert not any(key.startswith("diag/moe_") and key.endswith("/L0") for key in out)  # L0 is dense
+    assert (out["diag/moe_load_max/L1"], out["diag/moe_load_min/L1"]) == (4.0, 0.0)  # E x the top share
+    assert out["diag/moe_load_max/max"] == 4.0
+    assert 0 < out["diag/moe_entropy/L1"] <= math.log(4) + 1e-6  # the probabilities, untouched by the bias
+    assert out["diag/moe_aux/L1"] > 1.0 and out["diag/moe_z/L1"] > 0  # 1.0 would be balanced
+    assert model.layers[1].feed_forward.router.tokens_per_expert.sum() == 0  # diagnostics count no load
