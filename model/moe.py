@@ -104,11 +104,12 @@ class Router(nn.Module):
 
 
 def grouped_mm_supported(device: torch.device, dtype: torch.dtype) -> bool:
-    """Where torch._grouped_mm runs: CPU (any float dtype), CUDA bf16 on compute capability >= 9.0."""
+    """Where torch._grouped_mm runs: CPU (any float dtype eagerly, bf16 under torch.compile, whose shape rule
+    for it is the CUDA kernel's), CUDA bf16 on compute capability >= 9.0."""
     if not hasattr(torch, "_grouped_mm"):
         return False
     if device.type == "cpu":
-        return True
+        return dtype == torch.bfloat16 or not torch.compiler.is_compiling()
     if device.type == "cuda":
         return dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) >= (9, 0)
     return False
@@ -128,8 +129,8 @@ class GroupedExperts(nn.Module):
         """x [M, D] sorted by expert, counts [E] (summing to M) -> [M, D] in the compute dtype."""
         # Under autocast the matmuls run in its dtype, as the dense Linear's would; _grouped_mm has no
         # autocast rule, so both paths cast explicitly.
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
-        dtype = dtype or self.w1.dtype
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.w1.dtype
         w1, w2, w3 = (w.to(dtype) for w in (self.w1, self.w2, self.w3))
         x = x.to(dtype)
         grouped = self.impl == "grouped" or (self.impl == "auto" and grouped_mm_supported(x.device, dtype))

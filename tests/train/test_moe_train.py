@@ -47,3 +47,24 @@ def test_moe_run_stopped_and_resumed_is_bit_identical_to_a_straight_one(tmp_path
     assert proc.returncode == 0 and "resumed from" in proc.stdout, proc.stderr
     expected, resumed = jobs.train_rows(straight), jobs.train_rows(stopped)
     assert [resumed[s]["loss"] for s in range(5, 9)] == [expected[s]["loss"] for s in range(5, 9)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fsdp", "ddp"])
+def test_moe_on_two_ranks_matches_one_process_with_the_same_routing_biases(tmp_path, jobs, mode):
+    # The loads of both ranks are summed before each bias update, so the biases (and so every routing
+    # choice) are the one process's, which sees the whole global batch in two micro-steps.
+    common = ("model=micro_moe", "trainer.diag_interval=0", "trainer.eval_interval=0", "optim.lr=3e-3")
+    jobs.train(tmp_path / "single", *common, "parallel=single")
+    jobs.train(tmp_path / mode, *common, f"parallel={mode}", nproc=2)
+    single, two = jobs.train_rows(tmp_path / "single"), jobs.train_rows(tmp_path / mode)
+    for step in range(1, 13):
+        assert two[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-4), step
+    biases = [
+        {k: v for k, v in load_exported(tmp_path / run).state_dict().items() if k.endswith("expert_bias")}
+        for run in ("single", mode)
+    ]
+    assert biases[0].keys() == biases[1].keys() and len(biases[0]) == 2
+    for name, bias in biases[0].items():
+        assert bias.abs().sum() > 0
+        torch.testing.assert_close(biases[1][name], bias, rtol=0, atol=0)
