@@ -113,8 +113,9 @@ def _last(records: Sequence[dict], key: str) -> float | None:
     return None
 
 
-def _model_size(config: dict[str, object]) -> tuple[float, float]:
-    """(parameters, training FLOPs per token) of the run's model, built on the meta device (no memory)."""
+def _model_size(config: dict[str, object]) -> tuple[float, float, float]:
+    """(parameters, active parameters per token, training FLOPs per token) of the run's model, built on the
+    meta device (no memory). Active = total for a dense model; an MoE's count k of its E routed experts."""
     import dataclasses
 
     import torch
@@ -127,8 +128,9 @@ def _model_size(config: dict[str, object]) -> tuple[float, float]:
         **{k[6:]: v for k, v in config.items() if k.startswith("model.") and k[6:] in names}
     )
     with torch.device("meta"):
-        params = Transformer(model_cfg).num_params()
-    return float(params), flops_per_token(model_cfg, int(config["trainer.seq_len"]))
+        model = Transformer(model_cfg)
+    flops = flops_per_token(model_cfg, int(config["trainer.seq_len"]))
+    return float(model.num_params()), float(model.num_active_params()), flops
 
 
 def curve(records: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
@@ -164,10 +166,11 @@ def load_trial(run_dir: Path) -> TrialResult:
     config = _flatten(yaml.safe_load(config_path.read_text()))
     records = read_metrics(run_dir / METRICS_FILE)
     end = next((r for r in reversed(records) if r.get("event") == "end"), {})
-    params, flops = _model_size(config)
+    params, active_params, flops = _model_size(config)
     metrics: dict[str, float | None] = {
         "val_loss": _last(records, "val_loss"),
         "params": params,
+        "active_params": active_params,
         "flops_per_token": flops,
         "tokens": _last([end], "tokens_seen") or _last(records, "tokens_seen"),
         "loss_spikes": _last([end], "loss_spikes") or _last(records, "loss_spikes"),

@@ -157,8 +157,10 @@ def _announce(parts: LoopParts, run_dir: Path, resume: Path | None) -> None:
     """Rank 0: the run's config next to its checkpoints, and one line saying what is about to run."""
     cfg, info, t, step = parts.cfg, parts.info, parts.cfg.trainer, parts.counters.step
     (run_dir / "config.yaml").write_text(parts.config_yaml)
+    total, active = parts.raw_model.num_params(), parts.raw_model.num_active_params()
+    params = f"{total / 1e6:.2f}M params" + (f" ({active / 1e6:.2f}M active)" if active < total else "")
     print(
-        f"run {cfg.run.name}: {parts.raw_model.num_params() / 1e6:.2f}M params ({cfg.model.attention}), "
+        f"run {cfg.run.name}: {params} ({cfg.model.attention}), "
         f"{info.world_size} x {info.device.type} [{cfg.parallel.mode}], "
         f"{t.global_batch_tokens} tokens/step = {parts.grad_accum} micro-steps x {t.micro_batch} x "
         f"{t.seq_len} x {info.world_size} ranks; "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from launch.study import load_trial
 from train.export import load_exported
 
 pytestmark = pytest.mark.usefixtures("data_root")
@@ -36,6 +37,8 @@ def test_diff_v2_with_moe_trains_and_logs_router_metrics(tmp_path, jobs):
     exported = load_exported(run_dir)  # the routing biases the trainer moved travel with it
     biases = [v for k, v in exported.state_dict().items() if k.endswith("router.expert_bias")]
     assert len(biases) == 2 and all(b.abs().sum() > 0 for b in biases)
+    sizes = load_trial(run_dir).metrics  # what the study report's table shows: total and active
+    assert sizes["active_params"] == exported.num_active_params() < sizes["params"] == exported.num_params()
 
 
 def test_moe_run_stopped_and_resumed_is_bit_identical_to_a_straight_one(tmp_path, jobs):
