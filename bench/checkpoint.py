@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from bench.config import compose_run_config
 from data import TokenLoader, ensure_dataset
+from data.spec import LoaderSpec
 from train.checkpoint import Checkpointer
 from train.checksums import verify_checksums, write_checksums
 from train.optim import LRSchedule, build_optimizer
@@ -62,7 +63,10 @@ def main(argv: list[str] | None = None) -> None:
         model, raw = build_model(cfg.model, cfg.parallel, info, cfg.run.seed)
         optimizer = build_optimizer(model, cfg.optim, info.device)
         schedule = LRSchedule(optimizer, cfg.optim, t.max_steps)
-        loader = TokenLoader(cfg.data.dir, "train", t.seq_len, t.micro_batch, info.rank, info.world_size, 0)
+        loader = TokenLoader(
+            cfg.data.dir,
+            LoaderSpec("train", t.seq_len, t.micro_batch, 0, dp_rank=info.rank, dp_size=info.world_size),
+        )
         inputs, targets = (x.to(info.device) for x in next(loader))
         F.cross_entropy(model(inputs).float().flatten(0, 1), targets.flatten()).backward()
         optimizer.step()  # AdamW's moments exist only after a step: checkpoints carry them

@@ -133,11 +133,12 @@ def _startup_figures(dataset_dir: Path, label: str, repeats: int) -> None:
     unverified, verified with an empty stamp cache (first use on the machine), and verified again with the
     stamps in place. The shards are in the page cache each time."""
     from data.loader import TokenLoader  # torch: see the note in main's docstring
+    from data.spec import LoaderSpec
 
     def open_s(verify: bool, cache: Path) -> float:
         os.environ[CACHE_ENV] = str(cache)
         start = time.perf_counter()
-        TokenLoader(dataset_dir, "train", 256, 16, 0, 1, seed=0, prefetch=0, verify=verify).close()
+        TokenLoader(dataset_dir, LoaderSpec("train", 256, 16, seed=0, prefetch=0, verify=verify)).close()
         return time.perf_counter() - start
 
     previous = os.environ.get(CACHE_ENV)
@@ -237,8 +238,9 @@ def _throughput(args: argparse.Namespace, tmp: Path) -> Path:
     )
 
     from data.loader import TokenLoader  # here, not at the top: see the note in main's docstring
+    from data.spec import LoaderSpec
 
-    loader = TokenLoader(manifest.parent, "train", args.seq_len, args.micro_batch, 0, 1, seed=0)
+    loader = TokenLoader(manifest.parent, LoaderSpec("train", args.seq_len, args.micro_batch, seed=0))
     batches, start = 0, time.perf_counter()
     for _ in loader:
         batches += 1

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from bench.config import compose_run_config
 from conf import RunConfig
 from data import TokenLoader, ensure_dataset
+from data.spec import LoaderSpec
 from model import Transformer
 from train.run import run_training
 
@@ -65,7 +66,7 @@ def minimal_loop(cfg: RunConfig) -> float:
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=0.1
     )
-    loader = TokenLoader(cfg.data.dir, "train", t.seq_len, t.micro_batch, 0, 1, cfg.run.seed)
+    loader = TokenLoader(cfg.data.dir, LoaderSpec("train", t.seq_len, t.micro_batch, cfg.run.seed))
     accum = t.global_batch_tokens // (t.seq_len * t.micro_batch)
     start = 0.0
     for step in range(STEPS):

@@ -30,9 +30,10 @@ def model_config(size: str, attention: str) -> ModelConfig:
 def step_seconds(model: Transformer, opt: torch.optim.Optimizer, tokens: torch.Tensor) -> float:
     """One training step (forward, cross-entropy + auxiliary losses, backward, optimizer), synchronised."""
     start = time.perf_counter()
-    out = model(tokens[:, :-1], return_aux=True)
-    loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
-    (loss if out.aux_loss is None else loss + out.aux_loss).backward()
+    aux_losses: dict[str, torch.Tensor] = {}
+    logits = model(tokens[:, :-1], aux_losses=aux_losses)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+    (loss + sum(aux_losses.values())).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     if tokens.is_cuda:

@@ -21,6 +21,7 @@ from bench.data import _training_tokens_per_s
 from data.config import DataConfig, SourceConfig, TokenizerConfig
 from data.prepare import prepare_dataset
 from data.sources import stdlib_files
+from data.spec import LoaderSpec
 
 
 def _prepare(root: Path, name: str, files: list[Path], tokenizer: Path) -> Path:
@@ -59,8 +60,10 @@ def _s3_loaders(dataset: Path, root: Path, seq_len: int, micro_batch: int) -> tu
         from moto.server import ThreadedMotoServer
     except ImportError:
         return None
+    from data.cache import ShardCache
     from data.loader import TokenLoader
-    from data.storage import ShardCache, filesystem, upload_dataset
+    from data.objectstore import filesystem
+    from data.upload import upload_dataset
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -75,8 +78,8 @@ def _s3_loaders(dataset: Path, root: Path, seq_len: int, micro_batch: int) -> tu
     filesystem("s3://bench")[0].mkdir("bench")
     upload_dataset(dataset, "s3://bench/ds")
     cache = ShardCache(root / "cache", 10**10)
-    cold = TokenLoader("s3://bench/ds", "train", seq_len, micro_batch, 0, 1, 0, cache=cache)
-    warm = TokenLoader("s3://bench/ds", "train", seq_len, micro_batch, 0, 1, 0, cache=cache)
+    cold = TokenLoader("s3://bench/ds", LoaderSpec("train", seq_len, micro_batch, 0), cache=cache)
+    warm = TokenLoader("s3://bench/ds", LoaderSpec("train", seq_len, micro_batch, 0), cache=cache)
     return cold, warm
 
 
@@ -103,13 +106,13 @@ def main(argv: list[str] | None = None) -> None:
         def report(what: str, tps: float) -> None:
             print(f"{what:44s} {tps / 1e6:7.2f} M tok/s = {tps / train_tps:8,.0f}x training")
 
-        single = TokenLoader(dirs[0], "train", seq, micro, 0, 1, 0)
+        single = TokenLoader(dirs[0], LoaderSpec("train", seq, micro, 0))
         report("loader, 1 local dataset", _tokens_per_s(single, args.seconds)[0])
         sources = [
             MixtureSource(f"s{i}", str(d), w)
             for i, (d, w) in enumerate(zip(dirs, (0.5, 0.3, 0.2), strict=True))
         ]
-        mixture = MixtureLoader(sources, "train", seq, micro, 0, 1, 0)
+        mixture = MixtureLoader(sources, LoaderSpec("train", seq, micro, 0))
         report("loader, 3-source mixture (0.5/0.3/0.2)", _tokens_per_s(mixture, args.seconds)[0])
         s3 = _s3_loaders(dirs[0], tmp, seq, micro)
         if s3 is None:

@@ -54,6 +54,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), return_hydra_config: bo
 def validated(cfg: DictConfig, world_size: int) -> RunConfig:
     """The typed, checked RunConfig of a composed config at this world size; raises ConfigError (or the
     model's ValueError) naming the first key or value that cannot run."""
+    from data.config import validate_data_config
     from model.config import validate_model_config
     from train.validate import validate_run_config
 
@@ -67,6 +68,7 @@ def validated(cfg: DictConfig, world_size: int) -> RunConfig:
     except OmegaConfBaseException as err:
         raise ConfigError(str(err)) from err
     validate_model_config(run_cfg.model)
+    validate_data_config(run_cfg.data)
     validate_run_config(run_cfg, world_size)
     return run_cfg
 

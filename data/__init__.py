@@ -1,6 +1,6 @@
 """The data path: tokenizers, sources, `prepare` (text -> token shards) and the resumable loaders.
 
-    from data import prepare_dataset, ensure_dataset, load_tokenizer, TokenLoader, MixtureLoader
+    from data import prepare_dataset, ensure_dataset, load_tokenizer, LoaderSpec, TokenLoader, MixtureLoader
 
 Names load lazily so that tokenizer worker processes (spawned by prepare) never import torch.
 """
@@ -15,10 +15,12 @@ if TYPE_CHECKING:
     from data.mixture import MixtureLoader
     from data.prepare import ensure_dataset, prepare_dataset
     from data.shards import DatasetError
+    from data.spec import LoaderSpec
     from data.tokenizer import load_tokenizer
 
 _EXPORTS = {
     "TokenLoader": "data.loader",
+    "LoaderSpec": "data.spec",
     "MixtureLoader": "data.mixture",
     "prepare_dataset": "data.prepare",
     "ensure_dataset": "data.prepare",
@@ -27,6 +29,7 @@ _EXPORTS = {
 }
 __all__ = [
     "DatasetError",
+    "LoaderSpec",
     "MixtureLoader",
     "TokenLoader",
     "ensure_dataset",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from errors import ConfigError
 
 
 @dataclass
@@ -48,7 +51,11 @@ class CacheConfig:
     max_gb: float = 50.0
     """Most disk the cache may use, in GB (1e9 bytes); least recently used shards are deleted first."""
     retries: int = 3
-    """Download attempts per shard (or manifest) before a dropped connection becomes an error."""
+    """Attempts per remote call (a shard download, the manifest) before a dropped connection or a timeout
+    becomes an error."""
+    timeout_s: float = 60.0
+    """Seconds one remote call may wait for the server (connect, and each read) before it is retried: a
+    frozen server ends the job with an error naming the URL instead of hanging it."""
     lookahead: int = 4
     """Micro-batches ahead whose shards are downloaded in the background."""
 
@@ -85,7 +92,7 @@ class DataConfig:
     prepare_if_missing: bool = True
     """Training prepares the dataset (and tokenizer) when its manifest is missing."""
     cache: CacheConfig = field(default_factory=CacheConfig)
-    """Where shards of a data.dir URL are kept locally (data/storage.py)."""
+    """Where shards of a data.dir URL are kept locally (data/cache.py)."""
     mixture: dict[str, MixtureSourceConfig] = field(default_factory=dict)
     """Train on several prepared datasets by weight, name -> {dir, weight} (data/mixture.py); empty: data.dir
     alone. The sources must exist already (prepare_if_missing covers data.dir only)."""
@@ -93,3 +100,51 @@ class DataConfig:
     """Check each shard against the manifest's sha256 (and its token ids against the vocabulary) before
     first use; a pass is remembered per machine in $DIFFV2_VERIFY_CACHE (default
     ~/.cache/diffv2/verified-shards)."""
+
+
+def validate_data_config(cfg: DataConfig) -> None:
+    """Raises errors.ConfigError naming the first data.* value that cannot run, at start-up: every value that
+    is knowable from the config alone (the data's own files are checked when they are read)."""
+    from data.blocks import block_counts  # numpy: only when a config is checked
+
+    positive = {
+        "data.shard_tokens": cfg.shard_tokens,
+        "data.cache.max_gb": cfg.cache.max_gb,
+        "data.cache.retries": cfg.cache.retries,
+        "data.cache.timeout_s": cfg.cache.timeout_s,
+        "data.tokenizer.vocab_size": cfg.tokenizer.vocab_size,
+        "data.tokenizer.train_bytes": cfg.tokenizer.train_bytes,
+    }
+    for field_name, value in positive.items():
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{field_name}={value}: expected a positive number")
+    if int(cfg.cache.max_gb * 1e9) <= 0:
+        raise ConfigError(
+            f"data.cache.max_gb={cfg.cache.max_gb}: less than one byte; expected a positive size"
+        )
+    at_least_zero = {
+        "data.num_workers": (cfg.num_workers, "0 (all cores) or a positive count of processes"),
+        "data.prefetch": (cfg.prefetch, "0 (no background thread) or more batches"),
+        "data.cache.lookahead": (cfg.cache.lookahead, "0 (no background downloads) or more micro-batches"),
+    }
+    for field_name, (value, expected) in at_least_zero.items():
+        if value < 0:
+            raise ConfigError(f"{field_name}={value}: expected {expected}")
+    if not 0 <= cfg.val_fraction < 1:
+        raise ConfigError(
+            f"data.val_fraction={cfg.val_fraction}: expected a fraction in [0, 1) of documents held out"
+        )
+    if cfg.source.max_docs is not None and cfg.source.max_docs <= 0:
+        raise ConfigError(
+            f"data.source.max_docs={cfg.source.max_docs}: expected a positive count, or null for all"
+        )
+    if not str(cfg.dir).strip():
+        raise ConfigError("data.dir is empty; expected a directory or a URL (s3://bucket/path)")
+    for name, source in cfg.mixture.items():
+        if "://" in str(source.dir):
+            raise ConfigError(
+                f"data.mixture.{name}.dir={source.dir!r}: mixture sources are read from local directories; "
+                "a URL works as data.dir of a single dataset (copy the source locally)"
+            )
+    if cfg.mixture:
+        block_counts(sorted((name, s.weight) for name, s in cfg.mixture.items()), error=ConfigError)

@@ -1,17 +1,19 @@
 """TokenLoader: every rank's slice of one deterministic global stream of fixed-length windows.
 
 The global stream is epoch 0's seeded permutation of all windows, then epoch 1's, and so on. Global
-micro-step k takes stream positions [k * G, (k + 1) * G) with G = world_size * micro_batch, and rank r gets
-the r-th block of micro_batch of them. The only state is the global cursor (windows the whole job has
-consumed), so a job resumed on another world size at an optimizer-step boundary, with the same global
-batch, reads exactly the windows the uninterrupted job would have read next.
+micro-step k takes stream positions [k * G, (k + 1) * G) with G = dp_size * micro_batch, and data-parallel
+rank r gets the r-th block of micro_batch of them. The only state is the global cursor (windows the whole
+job has consumed), so a job resumed on another world size at an optimizer-step boundary, with the same
+global batch, reads exactly the windows the uninterrupted job would have read next.
 
-`StreamLoader` holds that contract (ranks, cursor, prefetch, state); a subclass says which windows sit at
-stream positions: `TokenLoader` one dataset's epochs (`WindowStream`), data/mixture.py several datasets'.
+`StreamLoader` holds that contract (a `LoaderSpec`, the cursor, prefetch, state); a subclass says which
+windows sit at stream positions: `TokenLoader` one dataset's epochs (`WindowStream`), data/mixture.py several
+datasets'.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -20,11 +22,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.cache import ShardCache
+from data.config import CacheConfig
 from data.dataset import TokenDataset
+from data.objectstore import is_url
+from data.remote import RemoteDataset, cache_from_config
 from data.shards import DatasetError
-from data.storage import RemoteDataset, ShardCache, open_dataset
+from data.spec import LoaderSpec
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def open_dataset(
+    dataset_dir: str | Path, split: str, seq_len: int, cache: ShardCache | None = None, verify: bool = True
+) -> TokenDataset | RemoteDataset:
+    """A local directory as a TokenDataset (`verify`: its shards' sha256 before first use); a URL as a
+    RemoteDataset reading through `cache` (default: CacheConfig's defaults), which checks every shard."""
+    if not is_url(dataset_dir):
+        return TokenDataset(dataset_dir, split, seq_len, verify=verify)
+    if cache is None:
+        cache = cache_from_config(CacheConfig(dir=os.environ.get("DIFFV2_CACHE", ".cache/shards")))
+    return RemoteDataset(str(dataset_dir), split, seq_len, cache)
 
 
 class _Prefetcher:
@@ -105,35 +123,17 @@ class WindowStream:
 class StreamLoader:
     """Ranks, the global cursor, iteration, prefetch and the resumable state; see the module docstring."""
 
-    def __init__(
-        self,
-        split: str,
-        seq_len: int,
-        micro_batch: int,
-        rank: int,
-        world_size: int,
-        seed: int,
-        shuffle: bool,
-        prefetch: int,
-        pin_memory: bool,
-    ) -> None:
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank}, world_size={world_size}; expected 0 <= rank < world_size")
-        if micro_batch < 1:
-            raise ValueError(f"micro_batch={micro_batch}; expected at least 1 sequence")
-        if prefetch < 0:
-            raise ValueError(f"prefetch={prefetch}; expected 0 (no background thread) or more batches")
-        self.split = split
-        self.seq_len = seq_len
-        self.micro_batch = micro_batch
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.prefetch = prefetch
-        self.pin_memory = pin_memory and torch.cuda.is_available()
-        self.global_batch = world_size * micro_batch
-        """Windows one global micro-step consumes across all ranks."""
+    def __init__(self, spec: LoaderSpec) -> None:
+        self.spec = spec
+        self.split = spec.split
+        self.seq_len = spec.seq_len
+        self.micro_batch = spec.micro_batch
+        self.seed = spec.seed
+        self.shuffle = spec.shuffle
+        self.prefetch = spec.prefetch
+        self.pin_memory = spec.pin_memory and torch.cuda.is_available()
+        self.global_batch = spec.dp_size * spec.micro_batch
+        """Windows one global micro-step consumes across all data-parallel ranks."""
         self._cursor = 0
         self._prefetcher: _Prefetcher | None = None
 
@@ -152,7 +152,9 @@ class StreamLoader:
 
     def batch_at(self, cursor: int) -> Batch:
         """This rank's batch of the global micro-step that starts at global position `cursor`."""
-        windows = torch.from_numpy(self.windows_at(cursor + self.rank * self.micro_batch, self.micro_batch))
+        windows = torch.from_numpy(
+            self.windows_at(cursor + self.spec.dp_rank * self.micro_batch, self.micro_batch)
+        )
         inputs, targets = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
         if self.pin_memory:
             inputs, targets = inputs.pin_memory(), targets.pin_memory()
@@ -207,38 +209,22 @@ class StreamLoader:
 
 class TokenLoader(StreamLoader):
     def __init__(
-        self,
-        dataset_dir: str | Path,
-        split: str,
-        seq_len: int,
-        micro_batch: int,
-        rank: int,
-        world_size: int,
-        seed: int,
-        shuffle: bool = True,
-        prefetch: int = 2,
-        pin_memory: bool = False,
-        verify: bool = True,
-        cache: ShardCache | None = None,
-        lookahead: int = 4,
+        self, dataset_dir: str | Path, spec: LoaderSpec, cache: ShardCache | None = None, lookahead: int = 4
     ) -> None:
         """Iterating yields (inputs, targets), int64 [micro_batch, seq_len], endlessly (the caller bounds it).
 
-        dataset_dir: a prepared dataset directory, or its fsspec URL (s3://..., read through `cache`).
-        prefetch: batches built ahead in a background thread (0: built on demand in the caller's thread).
-        pin_memory: page-lock batches for asynchronous host-to-device copies (only when CUDA is present).
-        verify: check the split's shards against the manifest's sha256 before first use (once per machine;
-        a URL's shards are checked as they download instead).
+        dataset_dir: a prepared dataset directory, or its fsspec URL (s3://..., read through `cache`, which
+        checks every download and every cached file; spec.verify applies to local shards).
         lookahead: for a URL, micro-batches ahead whose shards are downloaded in the background.
         """
-        super().__init__(split, seq_len, micro_batch, rank, world_size, seed, shuffle, prefetch, pin_memory)
-        self._data = open_dataset(dataset_dir, split, seq_len, cache, verify)
+        super().__init__(spec)
+        self._data = open_dataset(dataset_dir, spec.split, spec.seq_len, cache, spec.verify)
         self.lookahead = lookahead
         self.fingerprint: str = self._data.fingerprint
         self.vocab_size: int = self._data.vocab_size
         self.eot_token: int = self._data.eot_token
         self.num_sequences: int = self._data.num_sequences
-        self._stream = WindowStream(self._data, [seed], shuffle)
+        self._stream = WindowStream(self._data, [spec.seed], spec.shuffle)
 
     @property
     def epoch(self) -> int:

@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import threading
 from dataclasses import dataclass
-from numbers import Real
 from pathlib import Path
 
 import numpy as np
 
-from data.config import DataConfig, MixtureSourceConfig
+from data.blocks import BLOCK, block_counts
+from data.config import MixtureSourceConfig
 from data.dataset import TokenDataset, read_manifest
-from data.loader import StreamLoader, TokenLoader, WindowStream
-from data.prepare import ensure_dataset
+from data.loader import StreamLoader, WindowStream
+from data.objectstore import is_url
 from data.shards import DatasetError
-from data.storage import cache_from_config, is_url, prepare_to_url, read_remote_manifest
-
-BLOCK = 4096
-"""Windows per interleaving block: proportions are exact over each block; a source needs weight >= 1/BLOCK."""
+from data.spec import LoaderSpec
 
 
 @dataclass(frozen=True)
@@ -43,60 +39,22 @@ class MixtureSource:
     """Relative share of training windows; the weights are normalised to sum to 1."""
 
 
-def block_counts(sources: list[MixtureSource], field: str = "data.mixture") -> np.ndarray:
-    """Windows of each source per block: BLOCK * normalised weight, rounded by largest remainder."""
-    if not sources:
-        raise DatasetError(f"{field} is empty; expected at least one source with a dir and a weight")
-    for s in sources:
-        w = s.weight
-        if isinstance(w, bool) or not isinstance(w, Real) or not math.isfinite(w) or w <= 0:
-            raise DatasetError(
-                f"{field}.{s.name}.weight={w!r}: expected a finite number > 0 (a source to leave out is "
-                "removed from the mixture, not weighted 0)"
-            )
-    weights = np.array([float(s.weight) for s in sources])
-    exact = BLOCK * weights / weights.sum()
-    counts = np.floor(exact).astype(np.int64)
-    order = np.argsort(-(exact - counts), kind="stable")  # ties go to the earlier source
-    counts[order[: BLOCK - int(counts.sum())]] += 1
-    for s, c in zip(sources, counts.tolist(), strict=True):
-        if c == 0:
-            raise DatasetError(
-                f"{field}.{s.name}.weight={s.weight!r} is below 1/{BLOCK} of the total "
-                f"({weights.sum():g}): the source would get no window; raise its weight or drop it"
-            )
-    return counts
-
-
 def _name_key(name: str) -> int:
     """A stable integer per source name, so each source's epochs have their own permutations."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little")
 
 
 class MixtureLoader(StreamLoader):
-    def __init__(
-        self,
-        sources: list[MixtureSource],
-        split: str,
-        seq_len: int,
-        micro_batch: int,
-        rank: int,
-        world_size: int,
-        seed: int,
-        shuffle: bool = True,
-        prefetch: int = 2,
-        pin_memory: bool = False,
-        verify: bool = True,
-    ) -> None:
-        """Like TokenLoader, over several datasets; they must share one tokenizer. `verify`: each source's
+    def __init__(self, sources: list[MixtureSource], spec: LoaderSpec) -> None:
+        """Like TokenLoader, over several datasets; they must share one tokenizer. spec.verify: each source's
         shards against its manifest's sha256 before first use."""
-        super().__init__(split, seq_len, micro_batch, rank, world_size, seed, shuffle, prefetch, pin_memory)
+        super().__init__(spec)
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
             raise DatasetError(f"data.mixture names a source twice: {names}")
         self.sources = list(sources)
-        self.counts = block_counts(self.sources)
-        opened = [self._open(s, split, seq_len, verify) for s in self.sources]
+        self.counts = block_counts([(s.name, s.weight) for s in self.sources])
+        opened = [self._open(s, spec.split, spec.seq_len, spec.verify) for s in self.sources]
         self._datasets = [data for data, _ in opened]
         (first_tok, first_fp), first = opened[0][1], self.sources[0]
         for s, (_, (tok, fp)) in zip(self.sources[1:], opened[1:], strict=True):
@@ -115,7 +73,7 @@ class MixtureLoader(StreamLoader):
         ).hexdigest()
         """Of the whole mixture: every source's dataset fingerprint, name and block count."""
         self._streams = [
-            WindowStream(data, [seed, _name_key(s.name)], shuffle)
+            WindowStream(data, [spec.seed, _name_key(s.name)], spec.shuffle)
             for s, data in zip(self.sources, self._datasets, strict=True)
         ]
         self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -249,44 +207,3 @@ class MixtureLoader(StreamLoader):
 def mixture_sources(mixture: dict[str, MixtureSourceConfig]) -> list[MixtureSource]:
     """The configured sources in name order (a mapping's order must not change the stream)."""
     return [MixtureSource(name, m.dir, m.weight) for name, m in sorted(mixture.items())]
-
-
-def build_loader(
-    cfg: DataConfig,
-    split: str,
-    seq_len: int,
-    micro_batch: int,
-    rank: int,
-    world_size: int,
-    seed: int,
-    shuffle: bool,
-    pin_memory: bool,
-    verify: bool = True,
-) -> StreamLoader:
-    """The loader `cfg` describes: a MixtureLoader over data.mixture when it names sources, else a TokenLoader
-    over data.dir."""
-    args = (split, seq_len, micro_batch, rank, world_size, seed, shuffle, cfg.prefetch, pin_memory)
-    if cfg.mixture:
-        return MixtureLoader(mixture_sources(cfg.mixture), *args, verify=verify)
-    cache = cache_from_config(cfg.cache) if is_url(cfg.dir) else None
-    return TokenLoader(cfg.dir, *args, verify=verify, cache=cache, lookahead=cfg.cache.lookahead)
-
-
-def ensure_data(cfg: DataConfig) -> None:
-    """Rank 0's check before training: a mixture's sources are opened (errors name the source); a single
-    dataset (a directory, or a URL whose manifest is missing) is prepared when missing and allowed."""
-    if not cfg.mixture and is_url(cfg.dir):
-        try:
-            read_remote_manifest(cfg.dir)
-        except DatasetError:
-            if not cfg.prepare_if_missing:
-                raise
-            prepare_to_url(cfg)
-        return
-    if not cfg.mixture:
-        ensure_dataset(cfg)
-        return
-    sources = mixture_sources(cfg.mixture)
-    block_counts(sources)
-    for source in sources:
-        MixtureLoader._open(source, "train", 1)

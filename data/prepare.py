@@ -24,6 +24,7 @@ import tiktoken
 from data.config import DataConfig
 from data.encode import encode_batch, init_worker
 from data.lock import dataset_write_lock
+from data.objectstore import is_url
 from data.shards import (
     MANIFEST,
     SPLITS,
@@ -35,6 +36,7 @@ from data.shards import (
 )
 from data.sources import count_documents, describe_source, iter_documents
 from data.tokenizer import encoding_fingerprint, load_tokenizer, save_bpe, tokenizer_files
+from data.upload import staged_config, upload_dataset
 from data.writer import SplitWriter, empty_split_state
 
 PROGRESS = ".prepare_progress.json"
@@ -334,6 +336,15 @@ def ensure_dataset(cfg: DataConfig) -> Path:
     return prepare_dataset(cfg, wait=True)
 
 
+def prepare_to_url(cfg: DataConfig) -> Path:
+    """Prepares `cfg` in a local staging directory, then uploads it to the URL data.dir, manifest last."""
+    local = staged_config(cfg)
+    prepare_dataset(local)
+    upload_dataset(local.dir, cfg.dir.rstrip("/"), cfg.cache.retries)
+    print(f"uploaded {local.dir} -> {cfg.dir.rstrip('/')}")
+    return Path(local.dir)
+
+
 def _compose(overrides: list[str]) -> DataConfig:
     """cfg.data of the one config tree (conf/config.yaml) with the command line's overrides applied."""
     from omegaconf import OmegaConf
@@ -354,9 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     cfg = _compose(args)
     try:
-        if "://" in cfg.dir:  # object storage: prepare locally, then upload (data/storage.py)
-            from data.storage import prepare_to_url
-
+        if is_url(cfg.dir):  # object storage: prepare locally, then upload (data/upload.py)
             prepare_to_url(cfg)
         else:
             prepare_dataset(cfg)

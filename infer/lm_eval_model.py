@@ -102,6 +102,7 @@ class DiffV2LM(TemplateLM):
                 gen_kwargs.pop("top_k", None),
                 self.generator,
                 gen_kwargs.pop("top_p", None),
+                vocab_limit=self.enc.n_vocab,  # the model's vocabulary may have rows the tokenizer lacks
             )[0, len(tokens) :].tolist()
             if self.eot_token_id in out:
                 out = out[: out.index(self.eot_token_id)]

@@ -51,7 +51,9 @@ def complete(
     outputs: list[str] = [""] * len(prompts)
     for length, indices in by_length.items():
         batch = torch.tensor([encoded[i] for i in indices], device=loaded.device)
-        out = loaded.model.generate(batch, max_new_tokens, temperature, top_k, generator, top_p)
+        out = loaded.model.generate(
+            batch, max_new_tokens, temperature, top_k, generator, top_p, vocab_limit=loaded.tokenizer.n_vocab
+        )
         for i, row in zip(indices, out[:, length:].tolist(), strict=True):
             eot = loaded.tokenizer.eot_token
             if not keep_eot and eot in row:

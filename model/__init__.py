@@ -12,15 +12,15 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from model.config import ModelConfig, validate_model_config
-    from model.diagnostics import DiagnosticsRecorder
-    from model.transformer import Transformer
+    from .config import ModelConfig, validate_model_config
+    from .diagnostics import DiagnosticsRecorder
+    from .transformer import Transformer
 
 _EXPORTS = {
-    "ModelConfig": "model.config",
-    "validate_model_config": "model.config",
-    "DiagnosticsRecorder": "model.diagnostics",
-    "Transformer": "model.transformer",
+    "ModelConfig": ".config",
+    "validate_model_config": ".config",
+    "DiagnosticsRecorder": ".diagnostics",
+    "Transformer": ".transformer",
 }
 __all__ = ["DiagnosticsRecorder", "ModelConfig", "Transformer", "validate_model_config"]
 
@@ -28,4 +28,4 @@ __all__ = ["DiagnosticsRecorder", "ModelConfig", "Transformer", "validate_model_
 def __getattr__(name: str) -> object:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'model' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -61,7 +61,8 @@ class ModelConfig:
     doc_mask: bool = False
     """Document-aware attention: no token attends across an end-of-text token inside a training window (each
     document of a packed window is attended as if alone; model/documents.py). Off: plain causal over the
-    whole window. Applies to full-window forwards (training, evaluation); KV-cached decoding stays causal."""
+    whole window. KV-cached decoding (model.generate) keeps the documents too: an end-of-text token in the
+    prompt or the output starts a new one."""
     doc_positions: bool = False
     """With doc_mask: RoPE positions restart at 0 at every document start instead of counting from the
     window start."""

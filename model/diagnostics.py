@@ -44,25 +44,14 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from model.attention import DiffV1Attention
-from model.documents import document_positions
-from model.moe import MoE, Routing, expert_load, load_balance_loss, router_entropy, router_z_loss
-from model.transformer import TransformerBlock
+from .documents import document_positions
+from .moe import MoE, Routing, expert_load, load_balance_loss, router_entropy, router_z_loss
+from .transformer import TransformerBlock
 
 MAX_STATS = ("act_max", "act_ratio", "qk_logit_max", "moe_load_max")
 """Statistics reduced by their maximum over forwards (the others: mean)."""
 PER_HEAD = ("context_rms", "sink_mass")
 """Statistics recorded per head; the summary reduces them over heads per layer."""
-
-
-def output_head_maps(attn: nn.Module, n_maps: int) -> list[list[int]]:
-    """For each output head (o_proj's input heads), the softmax maps (query heads) it combines."""
-    n_out = attn.n_out_heads
-    if n_maps == n_out:  # baseline: one map per head
-        return [[j] for j in range(n_out)]
-    if getattr(attn, "pairing", "grouped") == "cross_group":  # DIFF V2 ablation 1: heads j and h + j
-        return [[j, n_out + j] for j in range(n_out)]
-    return [[2 * j, 2 * j + 1] for j in range(n_out)]  # DIFF V2 and V1: adjacent heads (sub-heads)
 
 
 class DiagnosticsRecorder:
@@ -82,8 +71,8 @@ class DiagnosticsRecorder:
         for block in self.blocks:
             i, attn = block.layer_idx, block.attention
             self._handles.append(block.register_forward_hook(self._block_hook(i)))
-            # V1's head output is read before its per-head RMSNorm, which would pin its RMS near the weight.
-            before_o = attn.subln if isinstance(attn, DiffV1Attention) else attn.o_proj
+            # each variant names the module whose input is its per-head output (DIFF V1: its sub-norm)
+            before_o = attn.head_output_module()
             self._handles.append(before_o.register_forward_pre_hook(self._context_hook(i, attn)))
             self._handles.append(attn.register_forward_hook(self._attention_hook(i)))
             if isinstance(block.feed_forward, MoE):
@@ -97,8 +86,8 @@ class DiagnosticsRecorder:
         self._context.clear()
 
     def _block_hook(self, i: int):
-        def hook(module: nn.Module, args: tuple, output: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-            x = output[0].detach().float()  # the residual stream; output[1] is the feed-forward's aux loss
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            x = output.detach().float()
             peak = x.abs().amax()
             self._records[f"act_max/L{i}"].append(peak)
             self._records[f"act_ratio/L{i}"].append(peak / x.pow(2).mean().sqrt().clamp(min=1e-30))
@@ -121,7 +110,7 @@ class DiagnosticsRecorder:
     def _context_hook(self, i: int, attn: nn.Module):
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0][: self.max_batch].detach().float()
-            self._context[i] = x.reshape(*x.shape[:2], attn.n_out_heads, attn.out_head_dim)
+            self._context[i] = x.flatten(2).unflatten(-1, (-1, attn.out_head_dim))
 
         return hook
 
@@ -173,7 +162,7 @@ class DiagnosticsRecorder:
         read = torch.cat(read_power, dim=-1)  # [B, N, maps]
         out_rms = context.pow(2).mean(-1).sqrt()  # [B, N, out heads]
         ratios = []
-        for j, maps in enumerate(output_head_maps(attn, n_maps)):
+        for j, maps in enumerate(attn.output_head_maps(n_maps)):
             values_rms = read[..., maps].mean(-1).sqrt().clamp(min=1e-30)
             ratios.append((out_rms[..., j] / values_rms).mean())
         return {

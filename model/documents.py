@@ -77,3 +77,18 @@ def build_documents(tokens: torch.Tensor, eot_token: int, for_varlen: bool) -> D
         cu_seqlens, longest = varlen_segments(ids)
         return Documents(ids, None, cu_seqlens, longest)
     return Documents(ids, sdpa_mask(ids), None, 0)
+
+
+def cached_documents(history: torch.Tensor, n_new: int, eot_token: int) -> tuple[Documents, torch.Tensor]:
+    """KV-cached decoding: the boundaries of the last `n_new` tokens of `history` [B, T] (every token cached
+    so far, the new ones included), which attend to all T cached keys, and their positions in their document.
+
+    Returns (Documents with ids [B, n_new] and mask [B, 1, n_new, T]: causal and same document, positions
+    [B, n_new]); an end-of-text token anywhere in the history starts a new document after it, as in training.
+    """
+    ids = document_ids(history, eot_token)
+    total = history.shape[1]
+    new_ids = ids[:, total - n_new :]
+    causal = torch.ones(n_new, total, dtype=torch.bool, device=ids.device).tril(diagonal=total - n_new)
+    mask = (new_ids[:, :, None] == ids[:, None, :]).logical_and(causal).unsqueeze(1)
+    return Documents(new_ids, mask, None, 0), document_positions(ids)[:, total - n_new :]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from model.transformer import Transformer
+    from .transformer import Transformer
 
 
 def sample_next(
@@ -50,8 +50,14 @@ def generate(
     top_k: int | None = None,
     generator: torch.Generator | None = None,
     top_p: float | None = None,
+    vocab_limit: int | None = None,
 ) -> torch.Tensor:
-    """tokens [B, N] -> [B, N + max_new_tokens]: one prefill pass, then one cached step per new token."""
+    """tokens [B, N] -> [B, N + max_new_tokens]: one prefill pass, then one cached step per new token.
+
+    `vocab_limit`: draw only ids below it, e.g. the tokenizer's vocabulary when the model's embedding has more
+    rows (model.vocab_size may exceed it; those ids decode to nothing)."""
+    if vocab_limit is not None and not 0 < vocab_limit <= model.cfg.vocab_size:
+        raise ValueError(f"vocab_limit={vocab_limit} must be in [1, model.vocab_size={model.cfg.vocab_size}]")
     batch, prompt = tokens.shape
     total = prompt + max_new_tokens
     if total > model.cfg.max_seq_len:
@@ -60,6 +66,8 @@ def generate(
     out = tokens
     logits = model(tokens, caches)[:, -1]
     for step in range(max_new_tokens):
+        if vocab_limit is not None:
+            logits[:, vocab_limit:] = float("-inf")
         nxt = sample_next(logits, temperature, top_k, generator, top_p)
         out = torch.cat([out, nxt[:, None]], dim=1)
         if step + 1 < max_new_tokens:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.documents import Documents, sdpa_mask, varlen_segments
+from .documents import Documents, sdpa_mask, varlen_segments
 
 try:  # optional: `pip install -e '.[flash]'` on CUDA machines
     from flash_attn import flash_attn_func, flash_attn_varlen_func
@@ -41,10 +41,14 @@ def _causal_mask(n_q: int, n_k: int, device: torch.device) -> torch.Tensor:
 
 
 def _check_docs(q: torch.Tensor, k: torch.Tensor, docs: Documents) -> None:
-    if q.shape[1] != k.shape[1] or tuple(docs.ids.shape) != tuple(q.shape[:2]):
+    b, n_q, n_k = q.shape[0], q.shape[1], k.shape[1]
+    full_window = n_q == n_k and tuple(docs.ids.shape) == (b, n_q)
+    cached = docs.mask is not None and tuple(docs.mask.shape) == (b, 1, n_q, n_k)
+    if not (full_window or cached):
+        mask = None if docs.mask is None else tuple(docs.mask.shape)
         raise ValueError(
-            f"document masking needs a full window: q {tuple(q.shape[:2])}, k {tuple(k.shape[:2])} and "
-            f"document ids {tuple(docs.ids.shape)} must agree on [B, N] (no KV cache)"
+            f"document masking needs a full window or a mask over the cached keys: q {tuple(q.shape[:2])}, "
+            f"k {tuple(k.shape[:2])}, document ids {tuple(docs.ids.shape)}, mask {mask}"
         )
 
 
@@ -100,7 +104,8 @@ def attention(
     """Causal attention, q [B, Nq, Hq, d], k [B, Nk, Hkv, d], v [B, Nk, Hkv, dv] -> [B, Nq, Hq, dv].
 
     Scale 1/sqrt(d). Hq must be a multiple of Hkv; query head i reads kv head i // (Hq / Hkv).
-    `docs`: document boundaries of the window (Nq == Nk, no cache); a query attends only inside its document.
+    `docs`: document boundaries of the window (Nq == Nk), or of the new tokens over the cached keys (KV-cached
+    decoding: a [B, 1, Nq, Nk] mask, run on SDPA); a query attends only inside its document.
     """
     impl = resolve_impl(impl, q)
     if impl not in ("flash", "sdpa"):
@@ -108,6 +113,8 @@ def attention(
     kernel = flash_attention if impl == "flash" else sdpa_attention
     if docs is not None:
         _check_docs(q, k, docs)
+        if q.shape[1] != k.shape[1]:  # flash-attn's variable-length kernel has no KV-cache form: SDPA's mask
+            kernel = sdpa_attention
     d = q.shape[-1]
     if v.shape[-1] == d:
         return kernel(q, k, v, docs)

@@ -36,3 +36,27 @@ class KVCache:
         self.v[:, self.pos : end] = v
         self.pos = end
         return self.k[:, :end], self.v[:, :end]
+
+
+class KVCaches(list):
+    """One KVCache per layer (indexed as a list) plus the tokens cached so far: a model with document-aware
+    attention (model.doc_mask) reads the document boundaries and positions of every cached token from them."""
+
+    def __init__(self, layers: list[KVCache], batch: int, max_len: int, device: torch.device) -> None:
+        super().__init__(layers)
+        self.tokens = torch.zeros(batch, max_len, dtype=torch.long, device=device)
+
+    @property
+    def pos(self) -> int:
+        """Tokens cached so far; also the position of the next token."""
+        return self[0].pos
+
+    def record(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Appends tokens [B, n] (before the layers append their keys) and returns all tokens so far."""
+        end = self.pos + tokens.shape[1]
+        if end > self.tokens.shape[1]:
+            raise ValueError(
+                f"KV cache holds {self.tokens.shape[1]} tokens; appending {tokens.shape[1]} at {self.pos}"
+            )
+        self.tokens[:, self.pos : end] = tokens
+        return self.tokens[:, :end]

@@ -11,8 +11,9 @@
   routed slots are sorted by expert and run through one `torch._grouped_mm` per projection where the device
   supports it, else one matmul per expert (model.moe_impl); on CPU the two give bitwise the same numbers.
 - Balancing: the bias update (`Router.balance`, applied by the trainer after each step from the loads the
-  router counted, train/moe.py) and/or the Switch auxiliary loss; the router z-loss. The losses leave
-  through the feed-forward's output (model/feed_forward.py), weighted by their coefficients.
+  router counted, train/moe.py) and/or the Switch auxiliary loss; the router z-loss. The losses, weighted by
+  their coefficients, go into the forward's `aux_losses` dict as `moe_aux/L<i>` and `moe_z/L<i>`
+  (model/feed_forward.py); the trainer adds them to the loss.
 
 No torch.distributed here: expert parallelism and the all-reduce of the loads belong to train/.
 """
@@ -25,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import ModelConfig, moe_hidden
-from model.feed_forward import FeedForward
+from .config import ModelConfig, moe_hidden
+from .swiglu import FeedForward
 
 
 class Routing(NamedTuple):
@@ -155,10 +156,11 @@ class GroupedExperts(nn.Module):
 
 
 class MoE(nn.Module):
-    """The mixture-of-experts feed-forward: `MoE(cfg)(x [B, N, D]) -> (out [B, N, D], aux_loss or None)`."""
+    """The mixture-of-experts feed-forward of block `layer_idx`: `MoE(cfg, i)(x [B, N, D], aux_losses)`."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
         super().__init__()
+        self.layer_idx = layer_idx
         self.n_experts, self.top_k = cfg.moe_experts, cfg.moe_top_k
         self.aux_coef, self.z_coef = cfg.moe_aux_coef, cfg.moe_z_coef
         hidden = moe_hidden(cfg)
@@ -169,7 +171,7 @@ class MoE(nn.Module):
         shared = cfg.moe_shared_experts * hidden
         self.shared_experts = FeedForward(cfg.d_model, shared) if shared else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, aux_losses: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # [T, D]
         routing = self.router(flat)
         slots = routing.experts.flatten()  # [T * k]: slot s belongs to token s // k
@@ -181,21 +183,21 @@ class MoE(nn.Module):
         out = torch.empty_like(out_sorted).index_copy_(0, order, out_sorted).view(*routing.weights.shape, -1)
         out = (out * routing.weights.unsqueeze(-1).to(out.dtype)).sum(1)
         if self.shared_experts is not None:
-            out = out + self.shared_experts.swiglu(flat)
-        return out.view(x.shape).to(x.dtype), self._aux_loss(routing)
+            out = out + self.shared_experts(flat)
+        if aux_losses is not None:
+            self._add_aux_losses(routing, aux_losses)
+        return out.view(x.shape).to(x.dtype)
 
     def inactive_params(self) -> int:
         """Routed-expert parameters one token does not use: (E - k) / E of them."""
         per_expert = sum(p[0].numel() for p in self.experts.parameters())
         return per_expert * (self.n_experts - self.top_k)
 
-    def _aux_loss(self, routing: Routing) -> torch.Tensor | None:
-        terms = []
+    def _add_aux_losses(self, routing: Routing, aux_losses: dict[str, torch.Tensor]) -> None:
         if self.aux_coef > 0:
-            terms.append(self.aux_coef * load_balance_loss(routing))
+            aux_losses[f"moe_aux/L{self.layer_idx}"] = self.aux_coef * load_balance_loss(routing)
         if self.z_coef > 0:
-            terms.append(self.z_coef * router_z_loss(routing))
-        return sum(terms[1:], terms[0]) if terms else None
+            aux_losses[f"moe_z/L{self.layer_idx}"] = self.z_coef * router_z_loss(routing)
 
     @torch.no_grad()
     def init_weights(self, init_std: float, residual_std: float) -> None:

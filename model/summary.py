@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from model.config import ModelConfig
-from model.flops import flops_per_token
-from model.transformer import Transformer
+from .config import ModelConfig
+from .flops import flops_per_token
+from .transformer import Transformer
 
 ORDER = ("baseline", "baseline_1p5h", "baseline_2h", "diff_v1", "diff_v2")
 """Presets shown first, in this order; the ablations follow by name."""

@@ -17,38 +17,26 @@ Init (`init_weights`, also run by the constructor off the meta device):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import Rope, build_attention
-from model.config import ModelConfig, is_moe_layer, validate_model_config
-from model.documents import Documents, build_documents, document_positions
-from model.feed_forward import FeedForward
-from model.flops import flops_per_token
-from model.generate import generate
-from model.kernel import flash_available
-from model.kv_cache import KVCache
-from model.moe import MoE
-from model.rope import rope_tables
-
-
-@dataclass
-class LMOutput:
-    """`Transformer(tokens, return_aux=True)`: the logits and the one channel of auxiliary losses."""
-
-    logits: torch.Tensor
-    """[B, N, vocab]."""
-    aux_loss: torch.Tensor | None
-    """Scalar sum over blocks of their weighted auxiliary losses (MoE load balancing, router z-loss), to be
-    added to the language-modelling loss; None when no block has one."""
+from .attention import Rope
+from .config import ModelConfig, validate_model_config
+from .documents import Documents, build_documents, cached_documents, document_positions
+from .feed_forward import build_feed_forward
+from .flops import flops_per_token
+from .generate import generate
+from .kernel import flash_available
+from .kv_cache import KVCache, KVCaches
+from .moe import MoE
+from .rope import rope_tables
+from .variants import build_attention
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + attention(norm(x)), then + feed_forward(norm(.)); returns (x, the feed-forward's
-    auxiliary loss or None)."""
+    """Pre-norm block: x + attention(norm(x)), then + feed_forward(norm(.))."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -56,16 +44,18 @@ class TransformerBlock(nn.Module):
         self.attention_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attention = build_attention(cfg, layer_idx)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.feed_forward = (
-            MoE(cfg) if is_moe_layer(cfg, layer_idx) else FeedForward(cfg.d_model, cfg.ffn_hidden)
-        )
+        self.feed_forward = build_feed_forward(cfg, layer_idx)
 
     def forward(
-        self, x: torch.Tensor, rel_pos: Rope, cache: KVCache | None = None, docs: Documents | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self,
+        x: torch.Tensor,
+        rel_pos: Rope,
+        cache: KVCache | None = None,
+        docs: Documents | None = None,
+        aux_losses: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), rel_pos, cache, docs)
-        out, aux_loss = self.feed_forward(self.ffn_norm(x))
-        return x + out, aux_loss
+        return x + self.feed_forward(self.ffn_norm(x), aux_losses)
 
 
 class Transformer(nn.Module):
@@ -117,44 +107,53 @@ class Transformer(nn.Module):
             nn.init.normal_(self.output.weight, std=cfg.init_std)
 
     def forward(
-        self, tokens: torch.Tensor, caches: list[KVCache] | None = None, return_aux: bool = False
-    ) -> torch.Tensor | LMOutput:
-        """Logits [B, N, vocab] for tokens [B, N]; with `caches` (decoding) they follow the cached tokens.
-        With `return_aux` an LMOutput: the logits and the blocks' auxiliary losses (what training adds)."""
+        self,
+        tokens: torch.Tensor,
+        caches: KVCaches | None = None,
+        aux_losses: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, N, vocab] for tokens [B, N]; with `caches` (decoding) they follow the cached tokens, and
+        with model.doc_mask the cached tokens' documents hold as in a full forward over all of them.
+
+        `aux_losses`: a dict the feed-forward modules add their auxiliary losses to (none for dense SwiGLU;
+        the place a mixture of experts' balancing loss goes), for the trainer to add to the loss."""
         n = tokens.shape[1]
-        start = caches[0].pos if caches else 0
+        start = caches.pos if caches else 0
         if start + n > self.cfg.max_seq_len:
             raise ValueError(f"{start + n} tokens exceed model.max_seq_len={self.cfg.max_seq_len}")
         rel_pos = (self.rope_cos[start : start + n], self.rope_sin[start : start + n])
-        docs = self._documents(tokens) if self.cfg.doc_mask and not caches else None
-        if docs is not None and self.cfg.doc_positions:
-            positions = document_positions(docs.ids)  # [B, N]: RoPE restarts at every document
+        docs, positions = self._documents(tokens, caches) if self.cfg.doc_mask else (None, None)
+        if positions is not None and self.cfg.doc_positions:  # [B, N]: RoPE restarts at every document
             rel_pos = (self.rope_cos[positions], self.rope_sin[positions])
         h = self.tok_embeddings(tokens)
-        aux_losses = []
         for i, layer in enumerate(self.layers):
-            h, aux_loss = layer(h, rel_pos, caches[i] if caches else None, docs)
-            if aux_loss is not None:
-                aux_losses.append(aux_loss)
+            h = layer(h, rel_pos, caches[i] if caches else None, docs, aux_losses)
         h = self.norm(h)
-        logits = F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
-        if not return_aux:
-            return logits
-        return LMOutput(logits, sum(aux_losses[1:], aux_losses[0]) if aux_losses else None)
+        return F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
 
-    def _documents(self, tokens: torch.Tensor) -> Documents:
-        """The window's document boundaries, once per forward, in the form the kernel will take: flash-attn's
-        segments where it may run (CUDA, package present), else SDPA's mask."""
+    def _documents(self, tokens: torch.Tensor, caches: KVCaches | None) -> tuple[Documents, torch.Tensor]:
+        """The document boundaries and positions of `tokens`, once per forward, in the form the kernel will
+        take: flash-attn's segments where it may run (CUDA, package present), else SDPA's mask; when decoding,
+        a mask over every cached token (the caches keep the tokens, so a boundary in the prompt holds)."""
+        eot = self.cfg.eot_token
+        if caches is not None:
+            if not isinstance(caches, KVCaches):
+                raise TypeError(
+                    "model.doc_mask=true decodes with model.new_kv_caches(...), which keep the tokens"
+                )
+            return cached_documents(caches.record(tokens), tokens.shape[1], eot)
         impl = self.cfg.attn_impl
         varlen = impl == "flash" or (impl == "auto" and tokens.is_cuda and flash_available())
-        return build_documents(tokens, self.cfg.eot_token, for_varlen=varlen)
+        docs = build_documents(tokens, eot, for_varlen=varlen)
+        return docs, document_positions(docs.ids)
 
-    def new_kv_caches(self, batch: int, max_len: int) -> list[KVCache]:
+    def new_kv_caches(self, batch: int, max_len: int) -> KVCaches:
         """One empty cache per layer, on the model's device and in its parameter dtype."""
         weight = self.tok_embeddings.weight
-        return [
+        layers = [
             layer.attention.kv_cache(batch, max_len, weight.device, weight.dtype) for layer in self.layers
         ]
+        return KVCaches(layers, batch, max_len, weight.device)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Distinct parameters; `exclude_embeddings` leaves out the token embedding (and so a tied head)."""

@@ -19,7 +19,9 @@ def python_examples() -> list[str]:
 
 
 def example_using(name: str) -> str:
-    (found,) = [code for code in python_examples() if f"import {name}" in code]
+    (found,) = [
+        code for code in python_examples() if re.search(rf"^(from \S+ )?import .*\b{name}\b", code, re.M)
+    ]
     return found
 
 

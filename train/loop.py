@@ -110,10 +110,12 @@ class RunResult:
 def lm_loss(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The language-modelling loss and the model's auxiliary losses (None when it has none)."""
-    out = model(inputs, return_aux=True)
+    """The language-modelling loss and the sum of the auxiliary losses the model reported (None: none)."""
+    aux_losses: dict[str, torch.Tensor] = {}
+    logits = model(inputs, aux_losses=aux_losses)
+    aux = torch.stack([loss.float() for loss in aux_losses.values()]).sum() if aux_losses else None
     # Logits may come back in bf16; the softmax and the mean are taken in fp32.
-    return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten()), out.aux_loss
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()), aux
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,9 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from conf import RunConfig
+from data.build import build_loader, ensure_data
 from data.loader import StreamLoader
-from data.mixture import build_loader, ensure_data
+from data.spec import LoaderSpec
 from train.checkpoint import Checkpointer, complete_checkpoints
 from train.export import export_model
 from train.loop import LoopParts, RunResult, Trainer, TrainingDiverged
@@ -57,18 +58,19 @@ def _prepare_data(cfg: RunConfig, info: DistInfo) -> None:
 def _loader(cfg: RunConfig, info: DistInfo, split: str) -> StreamLoader:
     """This rank's slice of the global stream: shuffled for train, in order (reset per eval) for val."""
     t = cfg.trainer
-    return build_loader(
-        cfg.data,
+    spec = LoaderSpec(
         split,
         t.seq_len,
         t.micro_batch,
-        info.rank,
-        info.world_size,
         cfg.run.seed,
+        dp_rank=info.rank,  # every rank is a data-parallel rank until tensor parallelism lands
+        dp_size=info.world_size,
         shuffle=split == "train",
+        prefetch=cfg.data.prefetch,
         pin_memory=info.device.type == "cuda",
         verify=cfg.data.verify_shards,
     )
+    return build_loader(cfg.data, spec)
 
 
 def _build_logger(

@@ -106,4 +106,14 @@ def validate_run_config(cfg: RunConfig, world_size: int) -> None:
             raise ConfigError(
                 f"parallel.replicate={parallel.replicate} must divide world_size={world_size} (hsdp)"
             )
+    model = cfg.model
+    if parallel.mode in ("fsdp", "hsdp") and model.moe_experts and (model.moe_aux_coef or model.moe_z_coef):
+        # The losses leave each block through the forward's aux_losses dict, not its output, so FSDP2 has no
+        # pre-backward hook on them: their backward would read the block's resharded weights (and the ranks'
+        # collectives fall out of step).
+        raise ConfigError(
+            f"model.moe_aux_coef={model.moe_aux_coef} / model.moe_z_coef={model.moe_z_coef} need "
+            f"parallel.mode single or ddp (got {str(parallel.mode)!r}); with fsdp/hsdp balance by the bias update "
+            "alone (model.moe_bias_rate, the default) and set both coefficients to 0"
+        )
     grad_accum_steps(cfg, world_size)

@@ -12,9 +12,10 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
-from infer.hf_remote.configuration_diffv2 import DiffV2Config
 from model.rope import rope_tables
 from model.transformer import Transformer
+
+from .configuration_diffv2 import DiffV2Config
 
 
 class DiffV2ForCausalLM(PreTrainedModel, GenerationMixin):

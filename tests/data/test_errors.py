@@ -14,10 +14,11 @@ from data.config import DataConfig
 from data.loader import TokenLoader
 from data.prepare import MANIFEST, ensure_dataset, prepare_dataset
 from data.shards import HEADER_BYTES, DatasetError, dtype_for_vocab, manifest_fingerprint, write_shard
+from data.spec import LoaderSpec
 
 
 def open_train(root: Path) -> TokenLoader:
-    return TokenLoader(root, "train", 64, 2, 0, 1, 0)
+    return TokenLoader(root, LoaderSpec("train", 64, 2, 0))
 
 
 def first_shard(root: Path) -> Path:
@@ -165,7 +166,7 @@ def test_split_too_small_for_one_sequence_names_the_manifest(prepared: DataConfi
     with pytest.raises(
         DatasetError, match=r"manifest\.json: the val split holds \d+ tokens, too few for one sequence"
     ):
-        TokenLoader(prepared.dir, "val", 10_000_000, 1, 0, 1, 0)
+        TokenLoader(prepared.dir, LoaderSpec("val", 10_000_000, 1, 0))
 
 
 def test_ensure_dataset_refuses_a_dataset_prepared_with_other_settings(prepared: DataConfig) -> None:

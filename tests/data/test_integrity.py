@@ -14,10 +14,11 @@ import pytest
 
 from data.loader import TokenLoader
 from data.shards import HEADER_BYTES, MANIFEST, DatasetError, file_sha256, manifest_fingerprint
+from data.spec import LoaderSpec
 
 
 def open_train(root: Path, **kwargs: object) -> TokenLoader:
-    return TokenLoader(root, "train", 64, 2, 0, 1, 0, **kwargs)
+    return TokenLoader(root, LoaderSpec("train", 64, 2, 0, **kwargs))
 
 
 def train_shard(root: Path, index: int) -> Path:
@@ -105,7 +106,9 @@ def test_token_beyond_the_vocabulary_fails_naming_the_shard_with_and_without_ver
         open_train(prepared_copy)
 
     # Unverified, the batch that reads it fails the same way instead of in the embedding, naming no file.
-    loader = TokenLoader(prepared_copy, "train", 64, 2, 0, 1, 0, shuffle=False, prefetch=0, verify=False)
+    loader = TokenLoader(
+        prepared_copy, LoaderSpec("train", 64, 2, 0, shuffle=False, prefetch=0, verify=False)
+    )
     window = (2 * 20_000 + 7) // 64
     with pytest.raises(
         DatasetError, match=r"train_000002\.bin: token id 512 at token 7 is outside the vocabulary of 512"

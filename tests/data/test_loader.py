@@ -10,12 +10,16 @@ import torch
 from data.config import DataConfig
 from data.loader import TokenLoader
 from data.shards import DatasetError
+from data.spec import LoaderSpec
 
 SEQ = 64
 
 
 def loaders(cfg: DataConfig, world: int, micro: int, seed: int = 7, **kw: object) -> list[TokenLoader]:
-    return [TokenLoader(cfg.dir, "train", SEQ, micro, rank, world, seed, **kw) for rank in range(world)]
+    return [
+        TokenLoader(cfg.dir, LoaderSpec("train", SEQ, micro, seed, dp_rank=rank, dp_size=world, **kw))
+        for rank in range(world)
+    ]
 
 
 def close(group: list[TokenLoader]) -> None:
@@ -39,7 +43,7 @@ def take_steps(group: list[TokenLoader], accum: int, steps: int) -> list[np.ndar
 
 
 def all_windows(cfg: DataConfig) -> np.ndarray:
-    loader = TokenLoader(cfg.dir, "train", SEQ, 1, 0, 1, 0, shuffle=False, prefetch=0)
+    loader = TokenLoader(cfg.dir, LoaderSpec("train", SEQ, 1, 0, shuffle=False, prefetch=0))
     return loader._data.windows(np.arange(loader.num_sequences))[:, :-1]
 
 
@@ -48,7 +52,7 @@ def sorted_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def test_targets_are_inputs_shifted_by_one_token(prepared: DataConfig) -> None:
-    loader = TokenLoader(prepared.dir, "train", SEQ, 4, 0, 1, 0, shuffle=False, prefetch=0)
+    loader = TokenLoader(prepared.dir, LoaderSpec("train", SEQ, 4, 0, shuffle=False, prefetch=0))
     inputs, targets = next(loader)
     window = loader._data.tokens(0, SEQ + 1)
     assert inputs[0].tolist() == window[:-1].tolist() and targets[0].tolist() == window[1:].tolist()
@@ -132,7 +136,7 @@ def test_load_state_dict_drops_prefetched_batches(prepared: DataConfig) -> None:
 
 
 def test_validation_is_sequential_and_reset_restarts_it(prepared: DataConfig) -> None:
-    loader = TokenLoader(prepared.dir, "val", SEQ, 2, 0, 1, 0, shuffle=False)
+    loader = TokenLoader(prepared.dir, LoaderSpec("val", SEQ, 2, 0, shuffle=False))
     first = take_steps([loader], 1, 3)
     loader.reset()
     again = take_steps([loader], 1, 3)

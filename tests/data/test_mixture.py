@@ -16,6 +16,7 @@ from data.mixture import BLOCK, MixtureLoader, MixtureSource
 from data.prepare import prepare_dataset
 from data.shards import DatasetError
 from data.sources import stdlib_files
+from data.spec import LoaderSpec
 
 SEQ = 32
 WEIGHTS = {"big": 0.6, "mid": 0.3, "small": 0.1}
@@ -47,7 +48,10 @@ def sources(tmp_path_factory: pytest.TempPathFactory, make_config: object) -> li
 
 
 def mixture(srcs: list[MixtureSource], world: int, micro: int, seed: int = 3, **kw: object) -> list:
-    return [MixtureLoader(srcs, "train", SEQ, micro, rank, world, seed, **kw) for rank in range(world)]
+    return [
+        MixtureLoader(srcs, LoaderSpec("train", SEQ, micro, seed, dp_rank=rank, dp_size=world, **kw))
+        for rank in range(world)
+    ]
 
 
 def take(group: list, accum: int, steps: int) -> list[np.ndarray]:
@@ -65,7 +69,7 @@ def sorted_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def source_windows(src: MixtureSource) -> np.ndarray:
-    loader = TokenLoader(src.dir, "train", SEQ, 1, 0, 1, 0, shuffle=False, prefetch=0)
+    loader = TokenLoader(src.dir, LoaderSpec("train", SEQ, 1, 0, shuffle=False, prefetch=0))
     return loader._data.windows(np.arange(loader.num_sequences))[:, :-1]
 
 
@@ -133,7 +137,7 @@ def test_a_weight_that_is_not_a_positive_number_names_the_source(
 ) -> None:
     bad = [sources[0], dataclasses.replace(sources[1], weight=weight)]
     with pytest.raises(DatasetError, match=r"data\.mixture\.mid\.weight=.*expected a finite number > 0"):
-        MixtureLoader(bad, "train", SEQ, 2, 0, 1, 0)
+        MixtureLoader(bad, LoaderSpec("train", SEQ, 2, 0))
 
 
 def test_sources_with_different_tokenizers_are_refused_naming_both(
@@ -144,7 +148,7 @@ def test_sources_with_different_tokenizers_are_refused_naming_both(
     prepare_dataset(cfg)
     other = MixtureSource("other", cfg.dir, 0.5)
     with pytest.raises(DatasetError, match=r"data\.mixture\.other .* data\.mixture\.big .*one tokenizer"):
-        MixtureLoader([sources[0], other], "train", SEQ, 2, 0, 1, 0)
+        MixtureLoader([sources[0], other], LoaderSpec("train", SEQ, 2, 0))
 
 
 def test_a_missing_or_empty_source_is_refused_naming_it(
@@ -152,7 +156,7 @@ def test_a_missing_or_empty_source_is_refused_naming_it(
 ) -> None:
     missing = MixtureSource("gone", str(tmp_path / "nowhere"), 1.0)
     with pytest.raises(DatasetError, match=r"data\.mixture\.gone\.dir=.*nowhere' does not exist"):
-        MixtureLoader([sources[0], missing], "train", SEQ, 2, 0, 1, 0)
+        MixtureLoader([sources[0], missing], LoaderSpec("train", SEQ, 2, 0))
     (tmp_path / "txt").mkdir()
     for i in range(8):  # a few tokens per split: fewer than one window of SEQ + 1
         (tmp_path / "txt" / f"{i}.txt").write_text("x")
@@ -161,16 +165,16 @@ def test_a_missing_or_empty_source_is_refused_naming_it(
     prepare_dataset(cfg)
     empty = MixtureSource("tiny", cfg.dir, 1.0)
     with pytest.raises(DatasetError, match=r"data\.mixture\.tiny .*too few for one sequence"):
-        MixtureLoader([sources[0], empty], "train", SEQ, 2, 0, 1, 0)
+        MixtureLoader([sources[0], empty], LoaderSpec("train", SEQ, 2, 0))
     with pytest.raises(DatasetError, match=r"data\.mixture is empty"):
-        MixtureLoader([], "train", SEQ, 2, 0, 1, 0)
+        MixtureLoader([], LoaderSpec("train", SEQ, 2, 0))
 
 
 def test_resume_refuses_a_single_dataset_state_other_weights_or_changed_data(
     sources: list[MixtureSource], tmp_path: Path
 ) -> None:
     loader = mixture(sources, 1, 4, prefetch=0)[0]
-    single = TokenLoader(sources[0].dir, "train", SEQ, 4, 0, 1, 3, prefetch=0).state_dict()
+    single = TokenLoader(sources[0].dir, LoaderSpec("train", SEQ, 4, 3, prefetch=0)).state_dict()
     with pytest.raises(DatasetError, match="loader state is for one dataset"):
         loader.load_state_dict(single)
     reweighted = mixture([dataclasses.replace(sources[0], weight=0.9), *sources[1:]], 1, 4, prefetch=0)[0]
@@ -187,21 +191,23 @@ def test_resume_refuses_a_single_dataset_state_other_weights_or_changed_data(
 
 
 def test_validation_mixture_is_the_same_every_pass(sources: list[MixtureSource]) -> None:
-    val = MixtureLoader(sources, "val", SEQ, 4, 0, 1, 0, shuffle=False)
+    val = MixtureLoader(sources, LoaderSpec("val", SEQ, 4, 0, shuffle=False))
     first = take([val], 1, 3)
     val.reset()
     assert all(np.array_equal(a, b) for a, b in zip(first, take([val], 1, 3), strict=True))
 
 
 def test_config_mixture_builds_a_mixture_loader_in_name_order(sources: list[MixtureSource]) -> None:
+    from data.build import build_loader
     from data.config import MixtureSourceConfig
-    from data.mixture import build_loader
 
     cfg = DataConfig(mixture={s.name: MixtureSourceConfig(s.dir, s.weight) for s in reversed(sources)})
-    loader = build_loader(cfg, "train", SEQ, 4, 0, 1, 3, shuffle=True, pin_memory=False)
+    loader = build_loader(cfg, LoaderSpec("train", SEQ, 4, 3, shuffle=True, pin_memory=False))
     direct = mixture(sources, 1, 4, prefetch=0)[0]
     assert isinstance(loader, MixtureLoader) and [s.name for s in loader.sources] == ["big", "mid", "small"]
     np.testing.assert_array_equal(loader.windows_at(0, 16), direct.windows_at(0, 16))
     loader.close()
-    single = build_loader(DataConfig(dir=sources[0].dir), "train", SEQ, 4, 0, 1, 3, True, False)
+    single = build_loader(
+        DataConfig(dir=sources[0].dir), LoaderSpec("train", SEQ, 4, 3, shuffle=True, pin_memory=False)
+    )
     assert isinstance(single, TokenLoader)

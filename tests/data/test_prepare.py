@@ -19,6 +19,7 @@ from data.config import DataConfig, SourceConfig, TokenizerConfig
 from data.loader import TokenLoader
 from data.prepare import MANIFEST, PROGRESS, is_validation_doc, prepare_dataset
 from data.shards import DatasetError, file_sha256, read_header
+from data.spec import LoaderSpec
 from data.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,9 +41,7 @@ def test_loader_returns_exactly_the_documents_tokens_with_separators(
 ) -> None:
     stream = np.array(expected_stream(prepared, corpus[1], split))
     seq_len = 64
-    loader = TokenLoader(
-        prepared.dir, split, seq_len, micro_batch=4, rank=0, world_size=1, seed=0, shuffle=False
-    )
+    loader = TokenLoader(prepared.dir, LoaderSpec(split, seq_len, micro_batch=4, seed=0, shuffle=False))
     assert loader.num_sequences == (len(stream) - 1) // seq_len
     steps = -(-loader.num_sequences // 4)
     rows = np.concatenate([x.numpy() for _, (x, _) in zip(range(steps), loader, strict=False)])

@@ -17,6 +17,7 @@ from data.dataset import TokenDataset
 from data.loader import TokenLoader
 from data.prepare import MANIFEST, ensure_dataset, main
 from data.sources import stdlib_files
+from data.spec import LoaderSpec
 from data.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +80,7 @@ def test_second_prepare_into_a_directory_being_prepared_fails_naming_it_and_trai
     finally:
         output, _ = first.communicate(timeout=120)
     assert first.returncode == 0 and f"prepared {out}" in output, output
-    TokenLoader(out, "val", 64, 2, 0, 1, 0, prefetch=0).close()
+    TokenLoader(out, LoaderSpec("val", 64, 2, 0, prefetch=0)).close()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 

@@ -115,22 +115,61 @@ def test_transformers_loads_the_export_without_the_project_with_the_same_logits(
         assert got["generated"] == greedy, variant
 
 
-def test_remote_code_is_generated_from_the_model_package():
+def test_remote_code_copies_the_model_files_unchanged():
     files = remote_code()
-    assert {"modeling_diffv2.py", "configuration_diffv2.py", "transformer.py", "attention.py"} <= files.keys()
+    expected = {"modeling_diffv2.py", "configuration_diffv2.py", "transformer.py", "variants.py"}
+    assert expected | {
+        "attention.py",
+        "attention_diff_v1.py",
+        "attention_diff_v2.py",
+        "feed_forward.py",
+    } <= set(files)
     for name, source in files.items():
         imports = [line for line in source.splitlines() if line.startswith(("from ", "import "))]
         assert not [line for line in imports if line.startswith(("from model", "from infer"))], name
-    # Byte for byte the model/ module apart from its imports: no hand-kept second copy.
-    original = (REPO / "model" / "attention.py").read_text()
-    assert files["attention.py"] == original.replace("from model.", "from .")
+    # Byte for byte the model/ modules (model/ imports itself relatively): no hand-kept second copy. A leaf
+    # package below model/ (errors/) is the one absolute import, made relative.
+    for name, source in files.items():
+        original = REPO / "model" / name
+        if original.is_file():
+            assert source == original.read_text().replace("from errors import", "from .errors import"), name
 
 
-def test_a_project_import_the_export_cannot_carry_is_refused(tmp_path: Path, monkeypatch):
-    import infer.export_hf as export_hf
-
+def test_a_project_import_the_export_cannot_carry_is_refused(tmp_path: Path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "leaky.py").write_text("from data.tokenizer import EOT\n")
-    monkeypatch.setattr(export_hf, "REPO", tmp_path)
-    with pytest.raises(ValueError, match="leaky.py: 'from data"):
-        remote_code(("model.leaky",))
+    (tmp_path / "model" / "absolute.py").write_text("import torch\nfrom model.rope import apply_rope\n")
+    (tmp_path / "glue.py").write_text("from model.absolute import apply_rope\n")
+    with pytest.raises(ValueError, match="leaky.py:1: 'from data"):
+        remote_code(("model/leaky.py",), repo=tmp_path)
+    # an entry module's `from model.x` is the export's to rewrite; a model/ module's own is refused
+    with pytest.raises(ValueError, match=r"absolute.py:2: 'from model.rope import apply_rope'.*relatively"):
+        remote_code(("glue.py",), repo=tmp_path)
+
+
+def test_two_files_of_one_name_stop_the_export_naming_both(tmp_path: Path):
+    (tmp_path / "glue").mkdir()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "glue" / "modeling_diffv2.py").write_text("from model.transformer import Transformer\n")
+    (tmp_path / "model" / "transformer.py").write_text("from .modeling_diffv2 import helper\n")
+    (tmp_path / "model" / "modeling_diffv2.py").write_text("helper = 1\n")
+    with pytest.raises(
+        ValueError, match=r"model/modeling_diffv2.py and .*glue/modeling_diffv2.py would both be"
+    ):
+        remote_code(("glue/modeling_diffv2.py",), repo=tmp_path)
+
+
+def test_an_export_whose_model_vocab_exceeds_the_tokenizers_suppresses_the_extra_ids(
+    trained_run: Path, tmp_path
+):
+    enc = load_bpe(trained_run / "tokenizer")
+    cfg = ModelConfig(
+        vocab_size=enc.n_vocab + 64, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8,
+        ffn_hidden=32, max_seq_len=16,
+    )  # fmt: skip
+    save_weights(Transformer(cfg).state_dict(), cfg, tmp_path / "src")
+    for name in ("tokenizer.tiktoken", "tokenizer.json"):
+        shutil.copy(trained_run / name, tmp_path / "src" / name)
+    export_hf_main([str(tmp_path / "src"), str(tmp_path / "hf")])
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["suppress_tokens"] == list(range(enc.n_vocab, cfg.vocab_size))

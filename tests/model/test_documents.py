@@ -135,11 +135,13 @@ def test_doc_mask_is_off_by_default_and_its_options_name_their_fields() -> None:
         Transformer(dataclasses.replace(CFG, doc_mask=True, eot_token=64))
 
 
-def test_generate_runs_with_doc_mask_and_the_kernel_refuses_documents_with_a_kv_cache() -> None:
+def test_generate_runs_with_doc_mask_and_the_kernel_refuses_a_full_windows_documents_with_a_kv_cache() -> (
+    None
+):
     model = build(doc_mask=True)
     q = torch.randn(1, 1, 2, 8)
     docs = build_documents(torch.zeros(1, 4, dtype=torch.long), EOT, for_varlen=False)
-    with pytest.raises(ValueError, match="no KV cache"):
+    with pytest.raises(ValueError, match="a full window or a mask over the cached keys"):
         kernel.attention(q, torch.randn(1, 4, 2, 8), torch.randn(1, 4, 2, 8), "sdpa", docs)
     out = model.generate(torch.tensor([[1, 2, EOT, 3]]), 3, temperature=0.0)
     assert out.shape == (1, 7)
@@ -154,3 +156,28 @@ def test_bench_documents_prints_the_cost_of_each_mode_against_plain_causal(
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("diff_v2")]
     assert [line.split()[1] for line in lines] == ["plain", "doc_mask", "+"]
     assert "(1.00x)" in lines[0] and all("x)" in line for line in lines)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v["attention"])
+def test_kv_cached_decoding_keeps_documents_and_their_positions(variant: dict) -> None:
+    """An end-of-text token in the prompt (and one in the decoded part) starts a new document for the cached
+    forward as for the full one: prefill, a chunk, then one token at a time give the full forward's logits."""
+    model = build(doc_mask=True, doc_positions=True, **variant).eval()
+    window = torch.stack([torch.cat(documents(seed)) for seed in (0, 1)])  # [2, 24]: EOTs at 6 and 18
+    with torch.no_grad():
+        full = model(window)
+        caches = model.new_kv_caches(batch=2, max_len=window.shape[1])
+        pieces = [model(window[:, :10], caches), model(window[:, 10:15], caches)]
+        pieces += [model(window[:, i : i + 1], caches) for i in range(15, window.shape[1])]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)  # fp32
+
+
+def test_greedy_generate_of_a_doc_mask_model_follows_its_full_forward() -> None:
+    model = build(doc_mask=True, doc_positions=True, attention="diff_v2").eval()
+    prompt = torch.cat(documents())[None, :14]  # two documents: the second starts after the EOT at 6
+    out = model.generate(prompt, max_new_tokens=8, temperature=0.0)
+    expected = prompt
+    with torch.no_grad():
+        for _ in range(8):
+            expected = torch.cat([expected, model(expected)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, expected)

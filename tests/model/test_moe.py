@@ -10,7 +10,7 @@ import torch
 
 from model import ModelConfig, Transformer
 from model.flops import flops_per_token
-from model.moe import MoE, load_balance_loss
+from model.moe import MoE, load_balance_loss, router_z_loss
 
 DENSE = ModelConfig(vocab_size=96, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_hidden=48)
 MOE = dataclasses.replace(DENSE, moe_experts=4, moe_top_k=2, moe_hidden=24)
@@ -44,19 +44,20 @@ def test_grouped_matmul_and_the_per_expert_loop_give_the_same_numbers(shared: in
     for impl in ("grouped", "loop"):
         torch.manual_seed(0)
         model = Transformer(dataclasses.replace(cfg, moe_impl=impl))
-        out = model(tokens(), return_aux=True)
-        (out.logits.square().mean() + out.aux_loss).backward()
-        results.append((out.logits, out.aux_loss, {n: p.grad for n, p in model.named_parameters()}))
+        aux: dict[str, torch.Tensor] = {}
+        logits = model(tokens(), aux_losses=aux)
+        (logits.square().mean() + sum(aux.values())).backward()
+        results.append((logits, aux, {n: p.grad for n, p in model.named_parameters()}))
     (logits_g, aux_g, grads_g), (logits_l, aux_l, grads_l) = results
     assert torch.equal(logits_g, logits_l)
-    assert torch.equal(aux_g, aux_l)
+    assert aux_g.keys() == aux_l.keys() and all(torch.equal(aux_g[k], aux_l[k]) for k in aux_g)
     for name, grad in grads_g.items():
         assert torch.equal(grad, grads_l[name]), name
 
 
 def test_bias_balancing_moves_an_imbalanced_router_towards_balance() -> None:
     torch.manual_seed(0)
-    moe = MoE(dataclasses.replace(MOE, moe_top_k=1, moe_bias_rate=0.003))
+    moe = MoE(dataclasses.replace(MOE, moe_top_k=1, moe_bias_rate=0.003), layer_idx=0)
     moe.init_weights(0.02, 0.02)
     with torch.no_grad():
         moe.router.gate.weight[0] += 0.1  # expert 0 wins most tokens: a collapsed router
@@ -76,21 +77,24 @@ def test_bias_balancing_moves_an_imbalanced_router_towards_balance() -> None:
     assert moe.router.tokens_per_expert.sum() == 0  # the count restarts after every update
 
 
-def test_auxiliary_losses_leave_through_the_output_weighted_by_their_coefficients() -> None:
+def test_auxiliary_losses_reach_the_forwards_aux_losses_weighted_by_their_coefficients() -> None:
     x = tokens()
+    reported: dict[str, torch.Tensor] = {}
     torch.manual_seed(0)
-    assert Transformer(DENSE)(x, return_aux=True).aux_loss is None
-    assert Transformer(MOE)(x, return_aux=True).aux_loss is None  # the default balancer adds no loss
+    Transformer(DENSE)(x, aux_losses=reported)
+    Transformer(MOE)(x, aux_losses=reported)
+    assert reported == {}  # dense reports none; the default balancer (the bias update) adds no loss
     torch.manual_seed(0)
-    model = Transformer(dataclasses.replace(MOE, moe_aux_coef=0.5))
+    model = Transformer(dataclasses.replace(MOE, moe_aux_coef=0.5, moe_z_coef=0.01))
     routings = []
     for layer in model.layers:
         layer.feed_forward.router.register_forward_hook(lambda m, a, out: routings.append(out))
-    aux = model(x, return_aux=True).aux_loss
-    expected = sum(0.5 * load_balance_loss(r) for r in routings)
-    assert len(routings) == MOE.n_layers
-    torch.testing.assert_close(aux, expected)
-    assert aux.requires_grad  # the router learns from it
+    model(x, aux_losses=reported)
+    assert sorted(reported) == ["moe_aux/L0", "moe_aux/L1", "moe_z/L0", "moe_z/L1"]
+    for i, routing in enumerate(routings):
+        torch.testing.assert_close(reported[f"moe_aux/L{i}"], 0.5 * load_balance_loss(routing))
+        torch.testing.assert_close(reported[f"moe_z/L{i}"], 0.01 * router_z_loss(routing))
+    assert all(loss.requires_grad for loss in reported.values())  # the router learns from them
 
 
 def test_first_dense_layers_keep_the_dense_feed_forward() -> None:

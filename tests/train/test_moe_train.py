@@ -57,12 +57,18 @@ def test_moe_run_stopped_and_resumed_is_bit_identical_to_a_straight_one(tmp_path
 def test_moe_on_two_ranks_matches_one_process_with_the_same_routing_biases(tmp_path, jobs, mode):
     # The loads of both ranks are summed before each bias update, so the biases (and so every routing
     # choice) are the one process's, which sees the whole global batch in two micro-steps.
-    common = ("model=micro_moe", "trainer.diag_interval=0", "trainer.eval_interval=0", "optim.lr=3e-3")
+    common = (
+        "model=micro_moe",
+        "model.moe_z_coef=1e-3",
+        "trainer.diag_interval=0",
+        "trainer.eval_interval=0",
+    )
     jobs.train(tmp_path / "single", *common, "parallel=single")
     jobs.train(tmp_path / mode, *common, f"parallel={mode}", nproc=2)
     single, two = jobs.train_rows(tmp_path / "single"), jobs.train_rows(tmp_path / mode)
     for step in range(1, 13):
         assert two[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-4), step
+        assert two[step].get("aux_loss") == pytest.approx(single[step].get("aux_loss"), rel=1e-4), step
     biases = [
         {k: v for k, v in load_exported(tmp_path / run).state_dict().items() if k.endswith("expert_bias")}
         for run in ("single", mode)
@@ -71,3 +77,9 @@ def test_moe_on_two_ranks_matches_one_process_with_the_same_routing_biases(tmp_p
     for name, bias in biases[0].items():
         assert bias.abs().sum() > 0
         torch.testing.assert_close(biases[1][name], bias, rtol=0, atol=0)
+
+
+def test_fsdp_refuses_moe_auxiliary_losses_naming_the_fields(tmp_path, jobs):
+    proc = jobs.in_process(tmp_path / "run", "model=micro_moe", "model.moe_z_coef=1e-3", "parallel=fsdp")
+    assert proc.returncode == 2
+    assert "model.moe_z_coef=0.001 need parallel.mode single or ddp (got 'fsdp')" in proc.stderr + proc.stdout
