@@ -190,7 +190,8 @@ class MoE(nn.Module):
 
     def inactive_params(self) -> int:
         """Routed-expert parameters one token does not use: (E - k) / E of them."""
-        per_expert = sum(p[0].numel() for p in self.experts.parameters())
+        # Shapes only (global ones for a sharded DTensor): indexing an expert out would be a collective.
+        per_expert = sum(p.numel() // self.n_experts for p in self.experts.parameters())
         return per_expert * (self.n_experts - self.top_k)
 
     def _add_aux_losses(self, routing: Routing, aux_losses: dict[str, torch.Tensor]) -> None:

@@ -113,7 +113,7 @@ def validate_run_config(cfg: RunConfig, world_size: int) -> None:
         # collectives fall out of step).
         raise ConfigError(
             f"model.moe_aux_coef={model.moe_aux_coef} / model.moe_z_coef={model.moe_z_coef} need "
-            f"parallel.mode single or ddp (got {str(parallel.mode)!r}); with fsdp/hsdp balance by the bias update "
-            "alone (model.moe_bias_rate, the default) and set both coefficients to 0"
+            f"parallel.mode single or ddp (got {str(parallel.mode)!r}); with fsdp/hsdp balance by the bias "
+            "update alone (model.moe_bias_rate, the default) and set both coefficients to 0"
         )
     grad_accum_steps(cfg, world_size)

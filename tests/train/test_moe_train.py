@@ -57,18 +57,15 @@ def test_moe_run_stopped_and_resumed_is_bit_identical_to_a_straight_one(tmp_path
 def test_moe_on_two_ranks_matches_one_process_with_the_same_routing_biases(tmp_path, jobs, mode):
     # The loads of both ranks are summed before each bias update, so the biases (and so every routing
     # choice) are the one process's, which sees the whole global batch in two micro-steps.
-    common = (
-        "model=micro_moe",
-        "model.moe_z_coef=1e-3",
-        "trainer.diag_interval=0",
-        "trainer.eval_interval=0",
-    )
-    jobs.train(tmp_path / "single", *common, "parallel=single")
-    jobs.train(tmp_path / mode, *common, f"parallel={mode}", nproc=2)
+    common = ("model=micro_moe", "trainer.diag_interval=0", "trainer.eval_interval=0")
+    z_loss = ("model.moe_z_coef=1e-3",) if mode == "ddp" else ()  # fsdp refuses it (train/validate.py)
+    jobs.train(tmp_path / "single", *common, *z_loss, "parallel=single")
+    jobs.train(tmp_path / mode, *common, *z_loss, f"parallel={mode}", nproc=2)
     single, two = jobs.train_rows(tmp_path / "single"), jobs.train_rows(tmp_path / mode)
     for step in range(1, 13):
         assert two[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-4), step
-        assert two[step].get("aux_loss") == pytest.approx(single[step].get("aux_loss"), rel=1e-4), step
+        if mode == "ddp":  # the z-loss, through the forward's aux_losses on both ranks
+            assert two[step]["aux_loss"] == pytest.approx(single[step]["aux_loss"], rel=1e-4), step
     biases = [
         {k: v for k, v in load_exported(tmp_path / run).state_dict().items() if k.endswith("expert_bias")}
         for run in ("single", mode)
