@@ -1,4 +1,4 @@
-"""`make bench` / `python -m bench [attention decode data loop throughput checkpoint documents sources moe]`:
+"""`make bench` / `python -m bench [NAME ...]` (names: BENCHMARKS below; default all):
 every benchmark, each printing its figures and its ratios against a baseline measured in the same run
 (machines are noisy; absolute numbers are not)."""
 
@@ -17,6 +17,8 @@ BENCHMARKS = (
     "checkpoint",
     "documents",
     "sources",
+    "parallel",
+    "plan",
     "moe",
 )
 

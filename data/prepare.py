@@ -21,6 +21,7 @@ from pathlib import Path
 
 import tiktoken
 
+import errors
 from data.config import DataConfig
 from data.encode import encode_batch, init_worker
 from data.lock import dataset_write_lock
@@ -346,14 +347,20 @@ def prepare_to_url(cfg: DataConfig) -> Path:
 
 
 def _compose(overrides: list[str]) -> DataConfig:
-    """cfg.data of the one config tree (conf/config.yaml) with the command line's overrides applied."""
+    """cfg.data of the one config tree (conf/config.yaml) with the command line's overrides applied; a
+    credential URL in the overrides or the composed config is refused before anything is read or written."""
     from omegaconf import OmegaConf
 
     from conf import compose
+    from data.credentials import refuse_in_args, refuse_in_config
 
-    return OmegaConf.to_object(compose(overrides).data)
+    refuse_in_args(overrides)  # before composing: a bad key's error would repeat the override's value
+    data = compose(overrides).data
+    refuse_in_config(OmegaConf.to_container(data, resolve=True))
+    return OmegaConf.to_object(data)
 
 
+@errors.reports_errors
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(args):
@@ -364,13 +371,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     cfg = _compose(args)
-    try:
-        if is_url(cfg.dir):  # object storage: prepare locally, then upload (data/upload.py)
-            prepare_to_url(cfg)
-        else:
-            prepare_dataset(cfg)
-    except DatasetError as err:
-        raise SystemExit(f"data.prepare: {err}") from None
+    if is_url(cfg.dir):  # object storage: prepare locally, then upload (data/upload.py)
+        prepare_to_url(cfg)
+    else:
+        prepare_dataset(cfg)
 
 
 if __name__ == "__main__":

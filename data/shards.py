@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+import errors
+
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 MAGIC = b"DIFFV2TK"
@@ -35,7 +37,7 @@ _HEADER = struct.Struct("<8sIIQQ16s16x")
 assert _HEADER.size == HEADER_BYTES
 
 
-class DatasetError(ValueError):
+class DatasetError(errors.DatasetUnavailable, ValueError):
     """A dataset file (shard, manifest, tokenizer, source) is missing, malformed or inconsistent."""
 
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import errors
 from infer.load import Loaded, add_source_arguments, load_from_args
 
 
@@ -89,6 +90,7 @@ def log_wandb(results: dict[str, Any], mode: str, project: str, out: Path) -> No
     run.finish()
 
 
+@errors.reports_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m infer.evaluate", description=__doc__)
     add_source_arguments(parser)

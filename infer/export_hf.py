@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import tiktoken
 
+import errors
 from infer.load import Loaded, add_source_arguments, load_from_args
 
 if TYPE_CHECKING:
@@ -175,6 +176,7 @@ def export_hf(loaded: Loaded, out_dir: Path) -> Path:
     return out_dir
 
 
+@errors.reports_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m infer.export_hf", description=__doc__)
     add_source_arguments(parser)

@@ -18,9 +18,10 @@ import tiktoken
 import torch
 import torch.distributed as dist
 
+from data.credentials import refuse_in_args
 from data.tokenizer import load_bpe, tokenizer_files
 from model import ModelConfig, Transformer
-from train.checkpoint import complete_checkpoints
+from train.checkpoint import CheckpointError, complete_checkpoints
 from train.export import CONFIG, TOKENIZER, WEIGHTS, export_checkpoint, load_exported
 
 
@@ -53,15 +54,15 @@ def load_tokenizer_from(export_dir: Path) -> tiktoken.Encoding:
     """The tokenizer an export carries; a clear error for an export written before exports carried one."""
     ranks, _ = tokenizer_files(export_dir / TOKENIZER)
     if not ranks.is_file():
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"{ranks} is missing: {export_dir} holds weights but no tokenizer (an older export?). "
             "Re-export a checkpoint with `python -m train.export <checkpoint dir> <out dir>`"
         )
     return load_bpe(export_dir / TOKENIZER)
 
 
-def _load_export(export_dir: Path, device: torch.device, dtype: torch.dtype) -> Loaded:
-    model = load_exported(export_dir).to(device=device, dtype=dtype).eval()
+def _load_export(export_dir: Path, device: torch.device, dtype: torch.dtype, verify: bool) -> Loaded:
+    model = load_exported(export_dir, verify).to(device=device, dtype=dtype).eval()
     return Loaded(model, load_tokenizer_from(export_dir), export_dir)
 
 
@@ -72,15 +73,15 @@ def load(
     verify: bool = True,
 ) -> Loaded:
     """The model and tokenizer of `source` (see the module docstring for what it may be); `verify=False`
-    reads a checkpoint without checksums.json (written before checkpoints carried checksums)."""
+    reads a checkpoint or export without its checksum listing (written before they carried one)."""
     path = Path(source)
     device = torch.device(device)
     if is_export_dir(path):
-        return _load_export(path, device, dtype)
+        return _load_export(path, device, dtype, verify)
     if not is_checkpoint_dir(path):
         done = complete_checkpoints(path / "checkpoints")
         if not done:
-            raise FileNotFoundError(
+            raise CheckpointError(
                 f"{path} is neither an export dir ({WEIGHTS} + {CONFIG}), a checkpoint dir (.metadata + "
                 "config.yaml) nor a run dir with a complete checkpoint under checkpoints/"
             )
@@ -89,7 +90,7 @@ def load(
     try:
         with tempfile.TemporaryDirectory(prefix="diffv2-export-") as tmp:
             export_checkpoint(path, Path(tmp), verify=verify)
-            loaded = _load_export(Path(tmp), device, dtype)
+            loaded = _load_export(Path(tmp), device, dtype, verify)
     finally:
         if not had_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -102,9 +103,12 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="run dir, checkpoint dir or export dir")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument(
-        "--no-verify", action="store_true", help="load a checkpoint that has no checksums.json (an older one)"
+        "--no-verify",
+        action="store_true",
+        help="load a checkpoint or export without its checksum listing (an older one)",
     )
 
 
 def load_from_args(args: argparse.Namespace) -> Loaded:
+    refuse_in_args([str(value) for value in vars(args).values()])
     return load(args.source, args.device, verify=not args.no_verify)

@@ -14,8 +14,9 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import errors
 from infer.load import Loaded, add_source_arguments, load_from_args
-from infer.scoring import token_logprobs
+from model.scoring import token_logprobs
 
 
 @dataclass
@@ -46,6 +47,7 @@ def perplexity(loaded: Loaded, texts: list[str], stride: int | None = None) -> P
     return Perplexity(n_tokens, n_bytes, nll, bits / n_tokens, bits / n_bytes, 2 ** (bits / n_tokens))
 
 
+@errors.reports_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m infer.perplexity", description=__doc__)
     add_source_arguments(parser)

@@ -1,9 +1,10 @@
 """`python -m infer.sample SOURCE --prompt TEXT`: continuations from the model's KV-cache `generate`.
 
 SOURCE is a run dir, a checkpoint dir or an export dir. Prompts come from --prompt (repeatable) or
---prompts-file (one prompt per line; `\\n` inside a line stands for a newline). Greedy with --temperature 0;
-else a seeded sample with optional --top-k / --top-p. A continuation stops at <|endoftext|> (the document
-separator the model was trained with) unless --keep-eot.
+--prompts-file (one prompt per line; `\\n` inside a line stands for a newline; empty lines are skipped, a
+line of only spaces or tabs is refused naming it, since it is more likely a mistake than a prompt). Greedy
+with --temperature 0; else a seeded sample with optional --top-k / --top-p. A continuation stops at
+<|endoftext|> (the document separator the model was trained with) unless --keep-eot.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+import errors
+from errors import ConfigError
 from infer.load import Loaded, add_source_arguments, load_from_args
 
 DEFAULT_NEW_TOKENS = 64
@@ -62,16 +65,30 @@ def complete(
     return outputs
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of tokens")
+    return value
+
+
 def _prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompts_file is not None:
         lines = Path(args.prompts_file).read_text().splitlines()
-        prompts += [line.replace("\\n", "\n") for line in lines if line.strip()]
+        for number, line in enumerate(lines, start=1):
+            if line and not line.strip():
+                raise ConfigError(
+                    f"--prompts-file {args.prompts_file} line {number} holds only whitespace: remove it, "
+                    "or write the prompt (`\\n` stands for a newline)"
+                )
+        prompts += [line.replace("\\n", "\n") for line in lines if line]
     if not prompts:
         raise SystemExit("no prompt: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     return prompts
 
 
+@errors.reports_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m infer.sample", description=__doc__)
     add_source_arguments(parser)
@@ -79,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts-file", type=Path, help="one prompt per line")
     parser.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=_positive,
         default=None,
         help="default: 64, or fewer to fit the model's max_seq_len",
     )

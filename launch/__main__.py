@@ -13,6 +13,8 @@ import hydra
 from omegaconf import DictConfig
 
 from conf import register_configs
+from data.credentials import refuse_in_args
+from errors import ProjectError
 from launch import app, sweep
 from launch.process import LaunchStopped
 
@@ -47,6 +49,11 @@ def _main(cfg: DictConfig) -> int:
 
 def main() -> None:
     register_configs()
+    try:  # before Hydra, which would repeat a bad override's value in its own error
+        refuse_in_args(sys.argv[1:])
+    except ProjectError as err:
+        print(f"launch: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
     sys.argv = [sys.argv[0], *hydra_args(sys.argv[1:])]
     try:
         _main()

@@ -13,10 +13,11 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import errors
 from launch.config import LaunchConfig
 
 
-class LaunchError(ValueError):
+class LaunchError(errors.ConfigError):
     """A launch setting that cannot run; the message names the field, the value and what was expected."""
 
 

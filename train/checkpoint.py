@@ -5,13 +5,19 @@ the resolved `config.yaml` and `checksums.json` (sha256 of the others). A save g
 and is renamed once every rank has written: a crash mid-save leaves only a tmp dir, which resume ignores and
 the next save removes. Loading verifies the checksums and never unpickles anything but DCP metadata and plain
 data (train.safe_load).
+
+A save the disk refuses (full, over quota, read-only) stops the run with errors.StorageError naming the path
+and the cause; its tmp dir is removed and the previous checkpoints are left as they were. With async_save,
+rank 0 hashes and publishes on a publisher thread, so the loop never waits for the checksums.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,7 @@ import torch.distributed.checkpoint as dcp
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint.api import CheckpointException
 
+import errors
 from train.checksums import ChecksumError, verify_checksums, write_checksums
 from train.config import CheckpointConfig
 from train.parallel import DistInfo
@@ -30,11 +37,11 @@ from train.state import TrainState
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 CORRUPT_SUFFIX = ".corrupt"
 """checkpoint.fallback=true renames a corrupt checkpoint step_XXXXXXXX.corrupt: kept, never loaded."""
-RUNTIME_MODEL_FIELDS = ("attn_impl",)
-"""Model fields a resume may change: the kernel computes the same function."""
+RUNTIME_MODEL_FIELDS = ("attn_impl", "loss_chunk_tokens")
+"""Model fields a resume may change: the kernel (or the loss's chunking) computes the same function."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.CheckpointRefused, RuntimeError):
     """A checkpoint that must not be loaded: corrupt, unsafe, incomplete, or of another model."""
 
 
@@ -147,7 +154,10 @@ class Checkpointer:
         # Async writes use their own gloo group: on the default group their collectives would interleave
         # with FSDP's and deadlock.
         self.group = dist.new_group(backend="gloo") if cfg.async_save and cfg.enabled else None
-        self.pending: tuple[Future, Path, Path, str] | None = None
+        self.pending: tuple[Future, Path] | None = None
+        """A background save: its future (on rank 0, the publisher's: written, hashed and renamed) and its
+        tmp dir."""
+        self.publisher = ThreadPoolExecutor(1, thread_name_prefix="ckpt-publish") if self.group else None
         self.last_saved: int | None = None
         """The step of the latest save started (or loaded), so the end of a run does not save it twice."""
 
@@ -180,11 +190,20 @@ class Checkpointer:
         dist.barrier()
         if self.cfg.async_save and not block:
             staged = {"app": _clone_cpu_tensors(state.state_dict())}
-            future = dcp.async_save(staged, checkpoint_id=str(tmp), process_group=self.group)
-            self.pending = (future, tmp, final, config_yaml)
+            try:
+                future = dcp.async_save(staged, checkpoint_id=str(tmp), process_group=self.group)
+            except (Exception, CheckpointException) as err:  # DCP's is a BaseException
+                self._refuse(err, tmp)
+            if self.publisher is not None and self.info.is_main:
+                # The coordinator (rank 0) finishes only after every rank's shards are written.
+                future = self.publisher.submit(self._publish_when_written, future, tmp, final, config_yaml)
+            self.pending = (future, tmp)
             return
-        dcp.save({"app": state}, checkpoint_id=str(tmp))
-        self._publish(tmp, final, config_yaml)
+        try:
+            dcp.save({"app": state}, checkpoint_id=str(tmp))
+            self._publish(tmp, final, config_yaml)
+        except (Exception, CheckpointException) as err:  # DCP's is a BaseException
+            self._refuse(err, tmp)
         dist.barrier()
 
     def poll(self) -> None:
@@ -196,11 +215,27 @@ class Checkpointer:
         """Blocks until a background save is written, then publishes it."""
         if self.pending is None:
             return
-        future, tmp, final, config_yaml = self.pending
+        future, tmp = self.pending
         self.pending = None
-        future.result()
-        # The coordinator (rank 0) finishes only after every rank's shards are written.
+        try:
+            future.result()
+        except (Exception, CheckpointException) as err:  # DCP's is a BaseException
+            self._refuse(err, tmp)
+
+    def _publish_when_written(self, written: Future, tmp: Path, final: Path, config_yaml: str) -> None:
+        written.result()
         self._publish(tmp, final, config_yaml)
+
+    def _refuse(self, err: BaseException, tmp: Path) -> None:
+        """Removes the partial tmp dir, then re-raises err: as a StorageError when the disk refused the
+        write (DCP may report it as another error: torch's zip writer says "unexpected pos"; then a probe
+        write tells)."""
+        refused = _storage_error(err, tmp) or _probe_storage(self.root, tmp, self.info.rank)
+        if self.info.is_main:  # after the probe: removing it frees the space the probe would miss
+            shutil.rmtree(tmp, ignore_errors=True)
+        if refused is not None:
+            raise refused from None
+        raise err
 
     def _publish(self, tmp: Path, final: Path, config_yaml: str) -> None:
         if not self.info.is_main:
@@ -219,6 +254,47 @@ class Checkpointer:
     def load(self, state: TrainState, path: Path) -> None:
         load_safely({"app": state}, path)
         self.last_saved = state.counters.step
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """err, what it was raised from, and every rank's failure DCP gathered into it."""
+    found, todo = [], [err]
+    while todo:
+        exc = todo.pop()
+        if exc is None or exc in found:
+            continue
+        found.append(exc)
+        todo += [exc.__cause__, exc.__context__]
+        if isinstance(exc, CheckpointException):
+            todo += [cause for cause, _ in exc.failures.values()]
+    return found
+
+
+def _storage_error(err: BaseException, tmp: Path) -> errors.StorageError | None:
+    for cause in _causes(err):
+        if isinstance(cause, OSError):
+            path = cause.filename or tmp
+            refused = errors.StorageError.from_os_error(cause, path, f"saving checkpoint {tmp.name}")
+            if refused is not None:
+                return refused
+    return None
+
+
+def _probe_storage(root: Path, tmp: Path, rank: int) -> errors.StorageError | None:
+    """Writes and removes 1 MiB next to the checkpoints: the disk's own answer when a save failed without
+    saying why."""
+    probe = root / f".write_probe_{rank}"
+    try:
+        with probe.open("wb") as f:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return errors.StorageError.from_os_error(err, tmp, f"saving checkpoint {tmp.name}")
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
 
 
 def load_safely(state_dict: dict[str, Any], path: Path) -> None:

@@ -15,17 +15,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+import errors
 from conf import RunConfig
 from model.diagnostics import DiagnosticsRecorder
 from train.checkpoint import Checkpointer
 from train.debug import FaultInjector
+from train.downstream import DownstreamEval
 from train.metrics import MetricsLogger, Row
 from train.optim import LRSchedule
-from train.parallel import DistInfo, autocast, grad_sync
+from train.parallel import DistInfo, autocast, finish_gradients, grad_sync, loss_context
 from train.signals import StopRequest
 from train.state import Counters, TrainState
 from train.throughput import mfu, peak_flops, peak_memory_gb
@@ -33,7 +34,7 @@ from train.throughput import mfu, peak_flops, peak_memory_gb
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(errors.Diverged, RuntimeError):
     """The loss became NaN or inf; the run stops without writing a checkpoint."""
 
 
@@ -57,6 +58,8 @@ class LoopParts:
     logger: MetricsLogger
     grad_accum: int
     config_yaml: str
+    downstream: DownstreamEval | None = None
+    """trainer.downstream_tasks, when trainer.downstream_interval is set."""
 
 
 @dataclass
@@ -110,12 +113,13 @@ class RunResult:
 def lm_loss(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The language-modelling loss and the sum of the auxiliary losses the model reported (None: none)."""
+    """Mean cross-entropy in fp32; the model computes it (whole or chunked logits, model/loss.py). With TP the
+    logits are vocab-sharded and the loss, replicated on the TP ranks, comes back as a plain tensor. Also the
+    sum of the auxiliary losses the model reported into aux_losses (MoE balancing, z-loss; None: none)."""
     aux_losses: dict[str, torch.Tensor] = {}
-    logits = model(inputs, aux_losses=aux_losses)
-    aux = torch.stack([loss.float() for loss in aux_losses.values()]).sum() if aux_losses else None
-    # Logits may come back in bf16; the softmax and the mean are taken in fp32.
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()), aux
+    loss = _full(model(inputs, targets=targets, aux_losses=aux_losses))
+    aux = torch.stack([_full(x).float() for x in aux_losses.values()]).sum() if aux_losses else None
+    return loss, aux
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +157,7 @@ class Trainer:
         aux = None
         for micro in range(parts.grad_accum):
             inputs, targets = self._next_batch()
-            with grad_sync(parts.model, micro == parts.grad_accum - 1):
+            with grad_sync(parts.model, micro == parts.grad_accum - 1), loss_context(self.info):
                 with autocast(self.cfg.parallel, self.info):
                     loss, aux = lm_loss(parts.model, inputs, targets)
                     loss = self.faults.loss(loss, step)
@@ -165,6 +169,7 @@ class Trainer:
         stop = torch.tensor(float(self.stop.requested), device=self.device)
         packed = torch.stack([loss_sum / parts.grad_accum, aux_sum / parts.grad_accum, stop])
         dist.all_reduce(packed)
+        # TP ranks hold the same loss: the mean over all ranks is the mean over data-parallel ranks.
         loss_value = packed[0].item() / self.info.world_size
         aux_value = None if aux is None else packed[1].item() / self.info.world_size
         # Act on the agreed flag only: a signal landing after the all-reduce waits for the next step, so
@@ -177,7 +182,7 @@ class Trainer:
                 f"{parts.checkpointer.root}"
             )
         max_norm = trainer.grad_clip if trainer.grad_clip > 0 else math.inf
-        grad_norm = _full(torch.nn.utils.clip_grad_norm_(parts.model.parameters(), max_norm)).item()
+        grad_norm = finish_gradients(parts.model, self.info, max_norm)
         parts.optimizer.step()
         parts.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss_value, grad_norm, lr, aux_value)
@@ -192,7 +197,7 @@ class Trainer:
         for i, (inputs, targets) in enumerate(parts.val_loader):
             if i >= self.cfg.trainer.eval_batches:
                 break
-            with autocast(self.cfg.parallel, self.info):
+            with autocast(self.cfg.parallel, self.info), loss_context(self.info):
                 totals[0] += lm_loss(parts.model, inputs.to(self.device), targets.to(self.device))[0]
             totals[1] += 1
         dist.all_reduce(totals)
@@ -203,7 +208,8 @@ class Trainer:
     def diagnostics(self) -> dict[str, float]:
         """DIFF diagnostics on the last training micro-batch (rank 0's values are logged)."""
         inputs, _ = self.last_batch
-        with DiagnosticsRecorder(self.parts.raw_model) as rec, autocast(self.cfg.parallel, self.info):
+        recorder = DiagnosticsRecorder(self.parts.raw_model, self.cfg.trainer.diag_sequences)
+        with recorder as rec, autocast(self.cfg.parallel, self.info):
             self.parts.model(inputs)
         return rec.summary()
 
@@ -256,6 +262,8 @@ class Trainer:
             parts.logger.log({"step": step, **self.diagnostics()})
         if trainer.eval_interval and step % trainer.eval_interval == 0 and step < trainer.max_steps:
             parts.logger.log({"step": step, "val_loss": self.evaluate()})
+        if parts.downstream and (step % trainer.downstream_interval == 0 or step == trainer.max_steps):
+            parts.logger.log({"step": step, **parts.downstream.scores(parts.raw_model)})
         return row
 
     def run(self) -> RunResult:

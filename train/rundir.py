@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TypeVar
 
+import errors
 from conf import ConfigError, RunConfig
 from train.checkpoint import (
     STEP_DIR,
@@ -33,18 +34,24 @@ from train.checkpoint import (
     step_dirs,
 )
 from train.config import RunInfo
+from train.export import EXPORT_FILES
 from train.parallel import DistInfo, from_rank0
 
 LOCK_FILE = ".lock"
 REPLACED_DIR = "replaced"
 OUTPUTS = ("metrics.jsonl", "model.safetensors", "model_config.json")
 """Files of a started or finished run that a fresh run would overwrite. config.yaml alone (a job that stopped
-before its first step) is no work to lose; it moves aside with the rest under run.overwrite=true."""
+before its first step) is no work to lose; it moves aside with the rest under run.overwrite=true, and so do
+the export's tokenizer files and checksum listing (train.export.EXPORT_FILES)."""
+NESTED_DEPTH = 4
+"""How deep below a new run dir other runs are looked for (runs/<name>/checkpoints/step_X is 3 deep)."""
+OWN_SUBDIRS = ("checkpoints", "replaced", "wandb")
+"""A run dir's own subdirectories: what is below them is its own output, not another run."""
 
 T = TypeVar("T")
 
 
-class RunDirError(RuntimeError):
+class RunDirError(errors.RunDirRefused, RuntimeError):
     """The run directory is in use by another job, or holds another run's output."""
 
 
@@ -54,6 +61,57 @@ def check_run_name(name: str) -> None:
         raise ConfigError(
             f"run.name={name!r} must be a relative name without '..' components: it names a directory "
             "under runs/ (set run.dir to write somewhere else)"
+        )
+
+
+def _is_run_dir(path: Path) -> bool:
+    """A dir some run has used: a checkpoints/ dir, metrics, launch.json, or our lock (other tools name a
+    file .lock too, pytest's numbered dirs among them: only a lock naming a holder as ours does counts)."""
+    if any((path / name).exists() for name in ("checkpoints", "metrics.jsonl", "launch.json")):
+        return True
+    try:
+        return "command" in json.loads((path / LOCK_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / ".metadata").is_file()
+
+
+def _run_below(run_dir: Path) -> Path | None:
+    """The first other run dir or checkpoint below run_dir (its own subdirs and hidden ones skipped)."""
+    for top, dirs, _ in os.walk(run_dir):
+        here = Path(top)
+        depth = len(here.relative_to(run_dir).parts)
+        dirs[:] = [] if depth >= NESTED_DEPTH else [d for d in sorted(dirs) if not d.startswith(".")]
+        if depth == 0:
+            dirs[:] = [d for d in dirs if d not in OWN_SUBDIRS]
+        elif _is_run_dir(here) or _is_checkpoint(here):
+            return here
+    return None
+
+
+def check_run_dir_placement(run_dir: Path) -> None:
+    """Refuses a run dir that is a checkpoint, lies inside another run's dir or a checkpoint, or holds another
+    run's dir or a checkpoint below it: its config.yaml, metrics or checkpoints would overwrite or mix with
+    that run's (which could then no longer resume). Checked before anything is written."""
+    here = run_dir.resolve()
+    if _is_checkpoint(here):
+        raise RunDirError(f"run.dir={run_dir} is a checkpoint directory; choose a run dir outside it")
+    for parent in here.parents:
+        if _is_run_dir(parent) or _is_checkpoint(parent):
+            what = "a checkpoint" if _is_checkpoint(parent) else "another run's dir"
+            raise RunDirError(
+                f"run.dir={run_dir} lies inside {parent}, {what}: writing there would change that run's "
+                "output. Choose a run dir outside it (e.g. another run.name)"
+            )
+    below = _run_below(here) if here.is_dir() else None
+    if below is not None:
+        what = "a checkpoint" if _is_checkpoint(below) else "another run's dir"
+        raise RunDirError(
+            f"run.dir={run_dir} lies above {below}, {what}: this run's output would mix with it. Choose a "
+            "run dir that holds no other run (e.g. another run.name)"
         )
 
 
@@ -77,10 +135,21 @@ class RunDirLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK_FILE
         self.file: IO[str] | None = None
+        self.made: list[Path] = []
+        """The lock file and the dirs acquire() created: a job that writes nothing else removes them."""
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        file = self.path.open("a+")
+        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
+            file = self.path.open("a+")
+        except OSError as err:
+            refused = errors.StorageError.from_os_error(err, self.path.parent, "creating the run dir's lock")
+            if refused is None:
+                raise
+            raise refused from None
+        self.made = ([self.path] if created else []) + missing
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -107,10 +176,17 @@ class RunDirLock:
         )
 
     def release(self) -> None:
-        if self.file is not None:
-            fcntl.flock(self.file, fcntl.LOCK_UN)
-            self.file.close()
-            self.file = None
+        """Drops the lock. A job refused before it started (no config.yaml yet: every check runs before it is
+        written) removes the lock file it created, and the dirs it created if they are empty again."""
+        if self.file is None:
+            return
+        if self.made and not (self.path.parent / "config.yaml").exists():
+            for path in self.made:  # the lock file first, then the dirs it needed, innermost first
+                with contextlib.suppress(OSError):
+                    path.unlink() if path == self.path else path.rmdir()
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+        self.file = None
 
 
 def _describe_holder(text: str) -> str:
@@ -126,6 +202,7 @@ def _describe_holder(text: str) -> str:
 def hold_run_dir(run: RunInfo, info: DistInfo) -> Iterator[None]:
     """Checks run.name, then holds the run dir's lock (rank 0) for the block; every rank learns a refusal."""
     check_run_name(run.name)
+    rank0_decides(lambda: check_run_dir_placement(Path(run.dir)), info)
     lock = RunDirLock(Path(run.dir))
     rank0_decides(lock.acquire, info)
     try:
@@ -201,8 +278,9 @@ def choose_resume(cfg: RunConfig, config_yaml: str) -> Path | None:
         )
     if foreign:
         described = _describe(foreign, run_dir)
-        if start_step == 0 and (run_dir / "config.yaml").is_file():
-            foreign.append(run_dir / "config.yaml")
+        if start_step == 0:
+            companions = [run_dir / name for name in ("config.yaml", *EXPORT_FILES)]
+            foreign += [path for path in companions if path.is_file() and path not in foreign]
         moved_to = _move_aside(foreign, run_dir)
         print(f"run.overwrite: moved {described} of an earlier run to {moved_to}", flush=True)
     return resume

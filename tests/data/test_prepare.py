@@ -167,8 +167,9 @@ def test_cli_reports_a_bad_source_as_one_line_naming_the_pattern(tmp_path: Path)
     result = subprocess.run(
         _cli(tmp_path / "out", tmp_path / "nowhere", 1000), cwd=REPO, env=env, capture_output=True, text=True
     )
-    assert result.returncode == 1
-    assert "data.prepare: data.source.paths: pattern" in result.stderr and "nowhere/*.txt" in result.stderr
+    assert result.returncode == 2
+    assert "dataset unavailable: data.source.paths: pattern" in result.stderr
+    assert "nowhere/*.txt" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -21,6 +21,7 @@ from data.spec import LoaderSpec
 from data.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
+EXIT_DATASET = 2
 
 
 def write_stdlib_docs(root: Path, count: int, start: int = 0) -> None:
@@ -42,7 +43,7 @@ def prepare_args(out: Path, corpus: Path, *extra: str) -> list[str]:
 
 
 def test_second_prepare_into_a_directory_being_prepared_fails_naming_it_and_training_waits(
-    tmp_path: Path, dir_snapshot: object
+    tmp_path: Path, dir_snapshot: object, capsys: pytest.CaptureFixture
 ) -> None:
     corpus, out = tmp_path / "corpus", tmp_path / "ds"
     write_stdlib_docs(corpus, 60)
@@ -62,8 +63,9 @@ def test_second_prepare_into_a_directory_being_prepared_fails_naming_it_and_trai
         with pytest.raises(SystemExit) as failed:
             main(args)
         assert first.poll() is None, "the first prepare ended before the second started; enlarge the corpus"
-        assert str(failed.value) == (
-            f"data.prepare: {out}: process {first.pid} is running `python -m data.prepare` into this "
+        assert failed.value.code == EXIT_DATASET
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"dataset unavailable: {out}: process {first.pid} is running `python -m data.prepare` into this "
             "directory; wait for it to finish (the dataset is then ready to use), or prepare into another "
             "data.dir"
         )
@@ -91,16 +93,18 @@ def test_prepare_with_an_empty_val_split_fails_naming_it_and_publishes_nothing(
     write_stdlib_docs(corpus, 12)  # none of documents 0..11 hashes below 1%
     with pytest.raises(SystemExit) as failed:
         main(prepare_args(out, corpus, "data.val_fraction=0.01"))
-    assert str(failed.value) == (
-        f"data.prepare: {out}: the val split got 0 tokens (0 of 12 documents with data.val_fraction=0.01), "
-        "and training needs both splits; raise data.val_fraction or add documents to the source. No manifest "
-        f"was written: delete {out} and prepare again with the new settings"
+    assert failed.value.code == EXIT_DATASET
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"dataset unavailable: {out}: the val split got 0 tokens (0 of 12 documents with "
+        "data.val_fraction=0.01), and training needs both splits; raise data.val_fraction or add documents "
+        f"to the source. No manifest was written: delete {out} and prepare again with the new settings"
     )
     assert not (out / MANIFEST).exists()
-    assert "prepared" not in capsys.readouterr().out
 
 
-def test_invalid_utf8_in_a_jsonl_source_stops_prepare_naming_file_line_and_offset(tmp_path: Path) -> None:
+def test_invalid_utf8_in_a_jsonl_source_stops_prepare_naming_file_line_and_offset(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     corpus, out = tmp_path / "corpus", tmp_path / "ds"
     corpus.mkdir()
     good = [json.dumps({"text": p.read_text(errors="replace")}) + "\n" for p in stdlib_files()[:8]]
@@ -110,9 +114,14 @@ def test_invalid_utf8_in_a_jsonl_source_stops_prepare_naming_file_line_and_offse
     with pytest.raises(SystemExit) as failed:
         main(args)
     offset = len("".join(good[:5]).encode()) + len(b'{"text": "caf')
-    assert str(failed.value).startswith(
-        f"data.prepare: {corpus / 'a.jsonl'}:6: invalid UTF-8 at byte offset {offset} (b'\\xe9'); "
-        "re-encode the file as UTF-8"
+    assert failed.value.code == EXIT_DATASET
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith(
+            f"dataset unavailable: {corpus / 'a.jsonl'}:6: invalid UTF-8 at byte offset {offset} (b'\\xe9'); "
+            "re-encode the file as UTF-8"
+        )
     )
     assert not (out / MANIFEST).exists()
 

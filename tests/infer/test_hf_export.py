@@ -16,7 +16,7 @@ from data.tokenizer import load_bpe
 from infer.export_hf import main as export_hf_main
 from infer.export_hf import remote_code
 from model import ModelConfig, Transformer
-from train.export import save_weights
+from train.export import save_weights, seal_export
 
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = {
@@ -78,6 +78,7 @@ def exports(
         save_weights(model.state_dict(), cfg, src)
         for name in ("tokenizer.tiktoken", "tokenizer.json"):
             shutil.copy(trained_run / name, src / name)
+        seal_export(src)
         export_hf_main([str(src), str(root / f"{variant}-hf")])
         made[variant] = (model, root / f"{variant}-hf")
     return made
@@ -170,6 +171,7 @@ def test_an_export_whose_model_vocab_exceeds_the_tokenizers_suppresses_the_extra
     save_weights(Transformer(cfg).state_dict(), cfg, tmp_path / "src")
     for name in ("tokenizer.tiktoken", "tokenizer.json"):
         shutil.copy(trained_run / name, tmp_path / "src" / name)
+    seal_export(tmp_path / "src")
     export_hf_main([str(tmp_path / "src"), str(tmp_path / "hf")])
     generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert generation["suppress_tokens"] == list(range(enc.n_vocab, cfg.vocab_size))

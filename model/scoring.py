@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model import Transformer
+from model.transformer import Transformer
 
 
 @dataclass
