@@ -122,12 +122,12 @@ def validate_run_config(cfg: RunConfig, world_size: int) -> None:
     if trainer.seq_len % dims.tp:  # sequence parallel splits every window's positions over the TP ranks
         raise ConfigError(f"parallel.tp={dims.tp} must divide trainer.seq_len={trainer.seq_len}")
     model = cfg.model
-    if parallel.mode in ("fsdp", "hsdp") and model.moe_experts and (model.moe_aux_coef or model.moe_z_coef):
+    if dims.fsdp and model.moe_experts and (model.moe_aux_coef or model.moe_z_coef):
         # The losses leave each block through the forward's aux_losses dict, not its output, so FSDP2 has no
         # pre-backward hook on them; untested under sharding, so refused until a test holds it.
         raise ConfigError(
             f"model.moe_aux_coef={model.moe_aux_coef} / model.moe_z_coef={model.moe_z_coef} need "
-            f"parallel.mode single or ddp (got {str(parallel.mode)!r}); with fsdp/hsdp balance by the bias "
-            "update alone (model.moe_bias_rate, the default) and set both coefficients to 0"
+            f"a layout without FSDP (got {dims.describe()}); with FSDP balance by the bias update alone "
+            "(model.moe_bias_rate, the default) and set both coefficients to 0"
         )
     grad_accum_steps(cfg, dims.dp_size)
