@@ -153,6 +153,7 @@ def load_trial(run_dir: Path) -> TrialResult:
     metrics: dict[str, float | None] = {
         "val_loss": _last(records, "val_loss"),
         "params": _last(start, "params"),
+        "active_params": _last(start, "active_params"),
         "flops_per_token": _last(start, "flops_per_token"),
         "tokens": _last([end], "tokens_seen") or _last(records, "tokens_seen"),
         "loss_spikes": _last([end], "loss_spikes") or _last(records, "loss_spikes"),

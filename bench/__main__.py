@@ -19,6 +19,7 @@ BENCHMARKS = (
     "sources",
     "parallel",
     "plan",
+    "moe",
 )
 
 

@@ -120,7 +120,7 @@ def worker(out: Path, steps: int, overrides: list[str]) -> None:
 
         def step() -> None:
             with loss_context(info):
-                lm_loss(model, batch[:, :-1], batch[:, 1:]).backward()
+                lm_loss(model, batch[:, :-1], batch[:, 1:])[0].backward()
             finish_gradients(model, info, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ Attention = StrEnum("Attention", ["baseline", "diff_v1", "diff_v2"])
 Pairing = StrEnum("Pairing", ["grouped", "cross_group"])
 LambdaMode = StrEnum("LambdaMode", ["sigmoid", "none", "linear"])
 AttnImpl = StrEnum("AttnImpl", ["auto", "sdpa", "flash"])
+MoEImpl = StrEnum("MoEImpl", ["auto", "grouped", "loop"])
 
 
 @dataclass
@@ -69,6 +70,34 @@ class ModelConfig:
     window start."""
     eot_token: int = -1
     """The end-of-text token id that ends each document (doc_mask); -1: training takes it from the dataset."""
+    moe_experts: int = 0
+    """E: routed SwiGLU experts in each mixture-of-experts feed-forward (model/moe.py); 0: every block's
+    feed-forward is the dense SwiGLU of ffn_hidden."""
+    moe_top_k: int = 2
+    """Experts each token is routed to (token-choice top-k); at most moe_experts."""
+    moe_hidden: int = 0
+    """Each routed (and shared) expert's SwiGLU hidden width; 0: ffn_hidden."""
+    moe_shared_experts: int = 0
+    """Always-on experts every token also passes through (one SwiGLU of moe_shared_experts * moe_hidden)."""
+    moe_first_dense: int = 0
+    """The first k blocks keep the dense SwiGLU of ffn_hidden (DeepSeek-V3: 3); the rest are MoE."""
+    moe_route_norm: bool = True
+    """Rescale each token's top-k router probabilities to sum to 1 (Qwen3-MoE's norm_topk_prob); off: the
+    softmax probabilities weight the experts as they are (Switch, Mixtral before its renormalisation)."""
+    moe_bias_rate: float = 1e-3
+    """Auxiliary-loss-free balancing (DeepSeek-V3): after every optimizer step each expert's routing bias
+    moves by this much towards balance (up if it got fewer tokens than the mean, down if more); the bias
+    chooses experts but never weights them. 0: off. The default balancer: it adds no gradient that competes
+    with the language-modelling loss (DeepSeek-V3 reports better quality than an auxiliary loss at equal
+    balance)."""
+    moe_aux_coef: float = 0.0
+    """Weight of the Switch load-balancing loss E * sum_e f_e * P_e (f_e: share of routed slots, P_e: mean
+    router probability of expert e; 1.0 when balanced), added to the training loss per MoE layer. 0: off."""
+    moe_z_coef: float = 0.0
+    """Weight of the router z-loss mean(logsumexp(router logits)^2) (ST-MoE: 1e-3), per MoE layer. 0: off."""
+    moe_impl: MoEImpl = MoEImpl.auto
+    """Expert matmuls: grouped (one torch._grouped_mm per projection) | loop (one matmul per expert) | auto
+    (grouped on CPU and on CUDA bf16 with compute capability >= 9.0, else loop). Same numbers either way."""
     loss_chunk_tokens: int = 0
     """Training loss: 0 projects every token of a micro-batch to full-vocabulary logits at once; N > 0
     projects and scores N tokens at a time, recomputing each chunk in the backward, so no more than N x vocab
@@ -86,12 +115,43 @@ def baseline_heads(cfg: ModelConfig) -> int:
     return round(cfg.baseline_head_factor * cfg.n_heads)
 
 
+def moe_hidden(cfg: ModelConfig) -> int:
+    """The hidden width of each expert."""
+    return cfg.moe_hidden or cfg.ffn_hidden
+
+
+def is_moe_layer(cfg: ModelConfig, layer_idx: int) -> bool:
+    """Whether block `layer_idx`'s feed-forward is a mixture of experts (past the dense first blocks)."""
+    return cfg.moe_experts > 0 and layer_idx >= cfg.moe_first_dense
+
+
+def _validate_moe(cfg: ModelConfig) -> None:
+    for field in ("moe_experts", "moe_hidden", "moe_shared_experts", "moe_first_dense"):
+        value = getattr(cfg, field)
+        if not isinstance(value, int) or value < 0:
+            _fail(field, value, "must be a non-negative integer")
+    for field in ("moe_bias_rate", "moe_aux_coef", "moe_z_coef"):
+        if not math.isfinite(getattr(cfg, field)) or getattr(cfg, field) < 0:
+            _fail(field, getattr(cfg, field), "must be a finite number >= 0")
+    if cfg.moe_impl not in list(MoEImpl):
+        _fail("moe_impl", cfg.moe_impl, f"is not one of {[c.value for c in MoEImpl]}")
+    if cfg.moe_experts and not 1 <= cfg.moe_top_k <= cfg.moe_experts:
+        _fail("moe_top_k", cfg.moe_top_k, f"must be in [1, model.moe_experts={cfg.moe_experts}]")
+    if cfg.moe_experts and cfg.moe_first_dense >= cfg.n_layers:
+        _fail(
+            "moe_first_dense",
+            cfg.moe_first_dense,
+            f"leaves no MoE block of model.n_layers={cfg.n_layers}; a dense model has model.moe_experts=0",
+        )
+
+
 def validate_model_config(cfg: ModelConfig) -> None:
     """Raises ConfigError on the first value that cannot build a model, naming the field and what it needs."""
     for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden"):
         value = getattr(cfg, field)
         if not isinstance(value, int) or value <= 0:
             _fail(field, value, "must be a positive integer")
+    _validate_moe(cfg)
     if cfg.max_seq_len <= 0:
         _fail("max_seq_len", cfg.max_seq_len, "must be a positive integer")
     for field in ("rope_theta", "norm_eps", "init_std", "baseline_head_factor"):

@@ -22,6 +22,11 @@ Per layer i (keys end in /L{i}); what the blog predicts in brackets:
 - qk_logit_max: the largest scaled logit q.k / sqrt(d) over causal pairs and query heads. [DIFF V2: smaller]
 - lambda_mean, lambda_std: DIFF V2's lambda per token and head (sigmoid(x W_lambda), or the raw projection for
   lambda_mode=linear); DIFF V1's scalar lambda (std 0). Absent for the baseline and lambda_mode=none.
+- MoE blocks only (model/moe.py), from the router's decision: moe_load_max, moe_load_min: the largest and
+  smallest expert's share of the routed slots times E (1 = perfect balance; max E, min 0); moe_entropy: the
+  router distribution's entropy in nats (log E = uniform); moe_aux: the Switch balance loss E * sum f_e P_e
+  (1 when balanced, whatever model.moe_aux_coef); moe_z: the router z-loss mean(logsumexp(logits)^2). Routing
+  is dropless, so no token is ever dropped. Overall: moe_load_max/max, moe_load_min/min, moe_entropy/mean.
 Overall: act_max/max, act_ratio/max, qk_logit_max/max, context_rms/mean, context_rms_min/min,
 context_rms_max/max, sink_mass/mean, sink_mass_max/max, lambda_mean/mean.
 
@@ -43,9 +48,10 @@ import torch
 from torch import nn
 
 from .documents import document_positions
+from .moe import MoE, Routing, expert_load, load_balance_loss, router_entropy, router_z_loss
 from .transformer import TransformerBlock
 
-MAX_STATS = ("act_max", "act_ratio", "qk_logit_max")
+MAX_STATS = ("act_max", "act_ratio", "qk_logit_max", "moe_load_max")
 """Statistics reduced by their maximum over forwards (the others: mean)."""
 PER_HEAD = ("context_rms", "sink_mass")
 """Statistics recorded per head; the summary reduces them over heads per layer."""
@@ -78,6 +84,8 @@ class DiagnosticsRecorder:
             hook = self._context_hook(i, attn)
             self._handles.append(before_o.register_forward_pre_hook(hook, prepend=True))
             self._handles.append(attn.register_forward_hook(self._attention_hook(i)))
+            if isinstance(block.feed_forward, MoE):
+                self._handles.append(block.feed_forward.router.register_forward_hook(self._router_hook(i)))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -92,6 +100,19 @@ class DiagnosticsRecorder:
             peak = x.abs().amax()
             self._records[f"act_max/L{i}"].append(peak)
             self._records[f"act_ratio/L{i}"].append(peak / x.pow(2).mean().sqrt().clamp(min=1e-30))
+
+        return hook
+
+    def _router_hook(self, i: int):
+        def hook(router: nn.Module, args: tuple, routing: Routing) -> None:
+            with torch.no_grad():
+                load = expert_load(routing.experts, routing.probs.shape[-1])
+                share = load * load.numel() / load.sum()  # 1.0 per expert when balanced
+                self._records[f"moe_load_max/L{i}"].append(share.max())
+                self._records[f"moe_load_min/L{i}"].append(share.min())
+                self._records[f"moe_entropy/L{i}"].append(router_entropy(routing))
+                self._records[f"moe_aux/L{i}"].append(load_balance_loss(routing))
+                self._records[f"moe_z/L{i}"].append(router_z_loss(routing))
 
         return hook
 
@@ -194,6 +215,9 @@ class DiagnosticsRecorder:
             ("sink_mass", "mean"),
             ("sink_mass_max", "max"),
             ("lambda_mean", "mean"),
+            ("moe_load_max", "max"),
+            ("moe_load_min", "min"),
+            ("moe_entropy", "mean"),
         ):
             per_layer = [v for k, v in out.items() if k.startswith(f"diag/{stat}/L")]
             if per_layer:

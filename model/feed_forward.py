@@ -1,8 +1,10 @@
 """The block's feed-forward: an interface, the dense SwiGLU, and the registry the block builds from.
 
 A feed-forward module maps [B, N, D] -> [B, N, D] and may report auxiliary losses (a mixture of experts'
-load balancing, next) into the dict `Transformer.forward(..., aux_losses=...)` passes down; a dense one
-reports none. The block never names SwiGLU: it calls `build_feed_forward`.
+load balancing and router z-loss, model/moe.py) into the dict `Transformer.forward(..., aux_losses=...)`
+passes down; a dense one reports none. The block never names SwiGLU: it calls `build_feed_forward`. The kind
+is the dense SwiGLU unless model.moe_experts > 0, then the mixture of experts (dense in its first
+model.moe_first_dense blocks).
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, is_moe_layer, moe_hidden
+from .moe import MoE
+from .swiglu import FeedForward
 
 
 class FeedForwardModule(Protocol):
@@ -29,27 +31,9 @@ class FeedForwardKind(Protocol):
 
     def build(self, cfg: ModelConfig, layer_idx: int) -> FeedForwardModule: ...
 
-    def macs(self, cfg: ModelConfig) -> int:
-        """Multiply-accumulates per token (model/flops.py), = the weights a token passes through."""
-
-
-class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
-
-    def __init__(self, d_model: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(d_model, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, d_model, bias=False)
-        self.w3 = nn.Linear(d_model, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor, aux_losses: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-    @torch.no_grad()
-    def init_weights(self, init_std: float, residual_std: float) -> None:
-        nn.init.normal_(self.w1.weight, std=init_std)
-        nn.init.normal_(self.w3.weight, std=init_std)
-        nn.init.normal_(self.w2.weight, std=residual_std)
+    def macs(self, cfg: ModelConfig, layer_idx: int) -> int:
+        """Multiply-accumulates per token in block `layer_idx` (model/flops.py), = the weights a token passes
+        through."""
 
 
 class SwiGLU:
@@ -60,17 +44,36 @@ class SwiGLU:
     def build(self, cfg: ModelConfig, layer_idx: int) -> FeedForward:
         return FeedForward(cfg.d_model, cfg.ffn_hidden)
 
-    def macs(self, cfg: ModelConfig) -> int:
+    def macs(self, cfg: ModelConfig, layer_idx: int) -> int:
         return 3 * cfg.d_model * cfg.ffn_hidden
 
 
-FEED_FORWARDS: dict[str, FeedForwardKind] = {kind.name: kind for kind in (SwiGLU(),)}
+class MixtureOfExperts:
+    """model/moe.py's MoE where is_moe_layer, the dense SwiGLU in the first model.moe_first_dense blocks."""
+
+    name = "moe"
+
+    def build(self, cfg: ModelConfig, layer_idx: int) -> MoE | FeedForward:
+        if not is_moe_layer(cfg, layer_idx):
+            return SwiGLU().build(cfg, layer_idx)
+        return MoE(cfg, layer_idx)
+
+    def macs(self, cfg: ModelConfig, layer_idx: int) -> int:
+        """What one token runs: the router (D -> E) and its top_k + shared experts, not the experts it is not
+        sent to, so MFU measures the active parameters' work (dispatch moves memory and is not counted)."""
+        if not is_moe_layer(cfg, layer_idx):
+            return SwiGLU().macs(cfg, layer_idx)
+        experts_run = cfg.moe_top_k + cfg.moe_shared_experts
+        return cfg.d_model * cfg.moe_experts + experts_run * 3 * cfg.d_model * moe_hidden(cfg)
+
+
+FEED_FORWARDS: dict[str, FeedForwardKind] = {kind.name: kind for kind in (SwiGLU(), MixtureOfExperts())}
 DEFAULT_FEED_FORWARD = "swiglu"
-"""Every model is dense today; the MoE issue adds a `model.ffn` choice that picks from FEED_FORWARDS."""
+"""The dense kind; model.moe_experts > 0 picks "moe"."""
 
 
 def feed_forward_kind(cfg: ModelConfig) -> FeedForwardKind:
-    return FEED_FORWARDS[DEFAULT_FEED_FORWARD]
+    return FEED_FORWARDS["moe" if cfg.moe_experts > 0 else DEFAULT_FEED_FORWARD]
 
 
 def build_feed_forward(cfg: ModelConfig, layer_idx: int) -> FeedForwardModule:

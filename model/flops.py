@@ -31,10 +31,11 @@ def attention_kernel_flops(cfg: ModelConfig, seq_len: int) -> float:
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Forward FLOPs per token: 2 per multiply-accumulate of every weight matmul, plus attention matmuls."""
-    ffn = feed_forward_kind(cfg).macs(cfg)
-    per_layer = 2.0 * (attention_projection_macs(cfg) + ffn) + attention_kernel_flops(cfg, seq_len)
+    per_layer = 2.0 * attention_projection_macs(cfg) + attention_kernel_flops(cfg, seq_len)
+    kind = feed_forward_kind(cfg)  # an MoE counts its active experts only, and its dense first blocks
+    ffn = sum(2.0 * kind.macs(cfg, i) for i in range(cfg.n_layers))
     lm_head = 2.0 * cfg.d_model * cfg.vocab_size  # counted whether tied or not: the matmul runs either way
-    return cfg.n_layers * per_layer + lm_head
+    return cfg.n_layers * per_layer + ffn + lm_head
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

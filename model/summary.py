@@ -1,8 +1,9 @@
 """`python -m model.summary [--size 125m] [--seq-len N] [--dtype bf16]`: every attention preset at one size.
 
 For each preset of conf/attention/ at the size of conf/model/<size>.yaml: parameters split into embeddings,
-LM head, attention (q, k, v, o, lambda), FFN and norms; training FLOPs per token (model/flops.py, at
---seq-len, default the size's max_seq_len); KV-cache bytes per token (all layers, --dtype); and the ratios of
+LM head, attention (q, k, v, o, lambda), FFN and norms, and the active parameters (per token: an MoE size's
+routed experts count k of E); training FLOPs per token (model/flops.py, at --seq-len, default the size's
+max_seq_len; active parameters only); KV-cache bytes per token (all layers, --dtype); and the ratios of
 attention parameters, total parameters and FLOPs to `baseline` (h heads) and `baseline_2h` (2h heads).
 
 The blog's "~25% fewer attention parameters than the 2h baseline": DIFF V2 keeps the 2h baseline's query
@@ -36,7 +37,8 @@ class Summary:
 
     preset: str
     params: dict[str, int]
-    """embed, head, q, k, v, o, lambda, attention (their sum), ffn, norms, total."""
+    """embed, head, q, k, v, o, lambda, attention (their sum), ffn (an MoE's router and experts too), norms,
+    total, active (what one token uses: total less the routed experts it is not sent to; = total if dense)."""
     flops_per_token: float
     kv_bytes_per_token: int
 
@@ -71,6 +73,7 @@ def summarize_model(preset: str, cfg: ModelConfig, seq_len: int, dtype_bytes: in
         params[part_of(name)] += p.numel()
     params["attention"] = sum(params[k] for k in ATTENTION_PARTS)
     params["total"] = model.num_params()
+    params["active"] = model.num_active_params()
     caches = model.new_kv_caches(batch=1, max_len=1)
     kv = sum(c.k.numel() + c.v.numel() for c in caches) * dtype_bytes
     return Summary(preset, params, flops_per_token(cfg, seq_len), kv)
@@ -91,14 +94,14 @@ def format_summaries(summaries: Sequence[Summary]) -> str:
     """A text table; ratios against the baseline and baseline_2h rows when present."""
     by_name = {s.preset: s for s in summaries}
     refs = [by_name.get("baseline"), by_name.get("baseline_2h")]
-    header = ["preset", "embed", "head", *ATTENTION_PARTS, "attn", "ffn", "norms", "total"]
+    header = ["preset", "embed", "head", *ATTENTION_PARTS, "attn", "ffn", "norms", "total", "active"]
     header += ["attn/base", "attn/2h", "total/base", "total/2h", "FLOPs/tok", "flops/base", "KV_B/tok"]
     rows = []
     for s in summaries:
         p = s.params
         row = [s.preset, f"{p['embed']:,}", f"{p['head']:,}" if p["head"] else "tied"]
         row += [f"{p[k]:,}" for k in (*ATTENTION_PARTS, "attention", "ffn")]
-        row += [f"{p['norms']:,}", f"{p['total']:,}"]
+        row += [f"{p['norms']:,}", f"{p['total']:,}", f"{p['active']:,}"]
         for key in ("attention", "total"):
             row += [_ratio(p[key], r.params[key]) if r else "-" for r in refs]
         row += [_si(s.flops_per_token)]

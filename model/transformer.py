@@ -31,6 +31,7 @@ from .generate import generate
 from .kernel import flash_available
 from .kv_cache import KVCache, KVCaches
 from .loss import lm_cross_entropy
+from .moe import MoE
 from .rope import rope_tables
 from .variants import build_attention
 
@@ -169,6 +170,12 @@ class Transformer(nn.Module):
         """Distinct parameters; `exclude_embeddings` leaves out the token embedding (and so a tied head)."""
         total = sum(p.numel() for p in self.parameters())
         return total - self.tok_embeddings.weight.numel() if exclude_embeddings else total
+
+    def num_active_params(self) -> int:
+        """Parameters one token uses: all of them less, in every MoE block, the routed experts it is not sent
+        to (the MoE literature's "active" count: 30A3 = 30B total, 3B active)."""
+        inactive = sum(m.inactive_params() for m in self.modules() if isinstance(m, MoE))
+        return self.num_params() - inactive
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs (forward + backward) per token at this sequence length; see model/flops.py."""

@@ -58,8 +58,12 @@ class StepResult:
     """One optimizer step, as every rank agrees on it after the all-reduce."""
 
     loss: float
+    """The language-modelling loss (without auxiliary losses)."""
     grad_norm: float
     lr: float
+    aux_loss: float | None = None
+    """The model's weighted auxiliary losses (MoE balancing, z-loss), added to the loss it trained on; None
+    when the model has none."""
 
 
 @dataclass
@@ -97,10 +101,16 @@ class RunResult:
         }
 
 
-def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def lm_loss(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean cross-entropy in fp32; the model computes it (whole or chunked logits, model/loss.py). With TP the
-    logits are vocab-sharded and the loss, replicated on the TP ranks, comes back as a plain tensor."""
-    return _full(model(inputs, targets=targets))
+    logits are vocab-sharded and the loss, replicated on the TP ranks, comes back as a plain tensor. Also the
+    sum of the auxiliary losses the model reported into aux_losses (MoE balancing, z-loss; None: none)."""
+    aux_losses: dict[str, torch.Tensor] = {}
+    loss = _full(model(inputs, targets=targets, aux_losses=aux_losses))
+    aux = torch.stack([_full(x).float() for x in aux_losses.values()]).sum() if aux_losses else None
+    return loss, aux
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:
@@ -134,24 +144,28 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches, the same result on all ranks."""
         parts, trainer = self.parts, self.cfg.trainer
         lr = parts.state.schedule.apply()
-        loss_sum = torch.zeros((), device=self.device)
+        loss_sum, aux_sum = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        aux = None
         for micro in range(parts.grad_accum):
             inputs, targets = self._next_batch()
             with grad_sync(parts.state.model, micro == parts.grad_accum - 1), loss_context(self.info):
                 with autocast(self.cfg.parallel, self.info):
-                    loss = self.faults.loss(lm_loss(parts.state.model, inputs, targets), step)
-                (loss / parts.grad_accum).backward()
+                    loss, aux = lm_loss(parts.state.model, inputs, targets)
+                    loss = self.faults.loss(loss, step)
+                ((loss if aux is None else loss + aux) / parts.grad_accum).backward()
             loss_sum += loss.detach()
-        # One all-reduce carries the loss and whether any rank was asked to stop.
-        packed = torch.stack(
-            [loss_sum / parts.grad_accum, torch.tensor(float(self.stop.requested), device=self.device)]
-        )
+            if aux is not None:
+                aux_sum += aux.detach()
+        # One all-reduce carries the loss, the auxiliary loss and whether any rank was asked to stop.
+        stop = torch.tensor(float(self.stop.requested), device=self.device)
+        packed = torch.stack([loss_sum / parts.grad_accum, aux_sum / parts.grad_accum, stop])
         dist.all_reduce(packed)
         # TP ranks hold the same loss: the mean over all ranks is the mean over data-parallel ranks.
         loss_value = packed[0].item() / self.info.world_size
+        aux_value = None if aux is None else packed[1].item() / self.info.world_size
         # Act on the agreed flag only: a signal landing after the all-reduce waits for the next step, so
         # that every rank enters the checkpoint collectives at the same step.
-        self.stop_agreed = packed[1].item() > 0
+        self.stop_agreed = packed[2].item() > 0
         if trainer.detect_anomaly_nan and not math.isfinite(loss_value):
             raise TrainingDiverged(
                 f"loss is {loss_value} at step {step} (lr {lr:.3g}); stopping without a checkpoint. "
@@ -162,7 +176,7 @@ class Trainer:
         grad_norm = finish_gradients(parts.state.model, self.info, max_norm)
         parts.state.optimizer.step()
         parts.state.optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss_value, grad_norm, lr)
+        return StepResult(loss_value, grad_norm, lr, aux_value)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -175,7 +189,7 @@ class Trainer:
             if i >= self.cfg.trainer.eval_batches:
                 break
             with autocast(self.cfg.parallel, self.info), loss_context(self.info):
-                totals[0] += lm_loss(parts.state.model, inputs.to(self.device), targets.to(self.device))
+                totals[0] += lm_loss(parts.state.model, inputs.to(self.device), targets.to(self.device))[0]
             totals[1] += 1
         dist.all_reduce(totals)
         parts.state.model.train()
@@ -196,9 +210,11 @@ class Trainer:
         tokens_per_s = self._window_tokens / self._window_s
         per_device = tokens_per_s / self.info.world_size
         self._window_tokens, self._window_s = 0, 0.0
+        aux = {} if result.aux_loss is None else {"aux_loss": result.aux_loss}
         return {
             "step": step,
             "loss": result.loss,
+            **aux,
             "lr": result.lr,
             "grad_norm": result.grad_norm,
             "tokens_per_s": tokens_per_s,

@@ -210,7 +210,12 @@ def build_model(
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         # DDP broadcasts rank 0's weights at construction; every rank also inits with the same seed.
         ddp_mesh = info.mesh["dp_replicate"]
-        return DistributedDataParallel(model, device_ids=device_ids, device_mesh=ddp_mesh), model
+        # No buffer broadcast before every forward: the buffers are equal on every rank by construction
+        # (rotary tables; MoE biases move by an all-reduced load), and each rank's MoE load count is its own.
+        ddp = DistributedDataParallel(
+            model, device_ids=device_ids, device_mesh=ddp_mesh, broadcast_buffers=False
+        )
+        return ddp, model
     return model, model
 
 

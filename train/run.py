@@ -23,6 +23,7 @@ from train.downstream import DownstreamEval
 from train.export import export_model
 from train.loop import LoopParts, RunResult, Trainer, TrainingDiverged
 from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, Sink, WandbSink
+from train.moe import install_expert_balancing
 from train.optim import LRSchedule, build_optimizer
 from train.parallel import DistInfo, build_model, from_rank0, init_distributed, shutdown_distributed
 from train.rundir import choose_resume, hold_run_dir, rank0_decides
@@ -144,6 +145,7 @@ def _build_parts(
     model_cfg = _model_config_from_data(cfg.model, train_loader.eot_token)
     model, raw_model = build_model(model_cfg, cfg.parallel, info, cfg.run.seed)
     optimizer = build_optimizer(model, cfg.optim, info.device)
+    install_expert_balancing(optimizer, raw_model)
     schedule = LRSchedule(optimizer, cfg.optim, t.max_steps)
     loss_spikes, grad_spikes = spike_counters(t)
     state = TrainState(
@@ -179,10 +181,14 @@ def _announce(parts: LoopParts, run_dir: Path, resume: Path | None) -> None:
     cfg, info, t, step = parts.cfg, parts.info, parts.cfg.trainer, parts.state.counters.step
     (run_dir / "config.yaml").write_text(parts.checkpointer.config_yaml)
     # What the model is, recorded where run analysis reads (analysis/ never builds a model to learn it).
-    params, flops = parts.raw_model.num_params(), parts.raw_model.flops_per_token(t.seq_len)
-    parts.logger.log({"step": step, "event": "start", "params": params, "flops_per_token": flops})
+    total, active = parts.raw_model.num_params(), parts.raw_model.num_active_params()
+    flops = parts.raw_model.flops_per_token(t.seq_len)
+    parts.logger.log(
+        {"step": step, "event": "start", "params": total, "active_params": active, "flops_per_token": flops}
+    )
+    params = f"{total / 1e6:.2f}M params" + (f" ({active / 1e6:.2f}M active)" if active < total else "")
     print(
-        f"run {cfg.run.name}: {params / 1e6:.2f}M params ({cfg.model.attention}), "
+        f"run {cfg.run.name}: {params} ({cfg.model.attention}), "
         f"{info.world_size} x {info.device.type} [{info.dims.describe()}], "
         f"{t.global_batch_tokens} tokens/step = {parts.grad_accum} micro-steps x {t.micro_batch} x "
         f"{t.seq_len} x {info.dp_size} data-parallel ranks; "

@@ -19,7 +19,12 @@ from model import ModelConfig, Transformer
 from train.export import save_weights, seal_export
 
 REPO = Path(__file__).resolve().parents[2]
-VARIANTS = ("baseline", "diff_v1", "diff_v2")
+VARIANTS = {
+    "baseline": dict(attention="baseline"),
+    "diff_v1": dict(attention="diff_v1"),
+    "diff_v2": dict(attention="diff_v2"),
+    "diff_v2_moe": dict(attention="diff_v2", moe_experts=4, moe_top_k=2, moe_hidden=32),  # model/moe.py
+}
 TEXT = 'def main(argv):\n    s = "it\'s 1234567 café"\n\n\n    return  s.upper()  # ok?\n'
 
 # Runs in a fresh interpreter whose sys.path has neither the repository nor the editable install's finder,
@@ -62,11 +67,11 @@ def exports(
     root = tmp_path_factory.mktemp("hf")
     vocab = load_bpe(trained_run / "tokenizer").n_vocab
     made = {}
-    for variant in VARIANTS:
-        torch.manual_seed(VARIANTS.index(variant))
+    for seed, (variant, overrides) in enumerate(VARIANTS.items()):
+        torch.manual_seed(seed)
         cfg = ModelConfig(
             vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_hidden=64,
-            max_seq_len=64, attention=variant,
+            max_seq_len=64, **overrides,
         )  # fmt: skip
         model = Transformer(cfg).eval()
         src = root / variant

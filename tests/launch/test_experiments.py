@@ -49,6 +49,7 @@ RECIPES = {
             "baseline_1p5h",
         ],
     },
+    "moe_diff_v2_vs_baseline": {"seed": SEEDS, "attention": ["baseline", "diff_v2"]},
     "lr_stability": {
         "seed": SEEDS,
         "lr": ["0.003", "0.01", "0.03", "0.1"],
@@ -58,14 +59,14 @@ RECIPES = {
 
 
 @pytest.mark.parametrize("experiment", sorted(RECIPES))
-def test_experiment_sweeps_its_trials_over_seeds_and_each_validates_at_model_tiny(
+def test_experiment_sweeps_its_trials_over_seeds_and_each_validates_at_its_model(
     experiment: str, tmp_path: Path
 ) -> None:
     trials = trials_of(experiment)
     assert [t.name for t in plan_sweep(tmp_path, trials).trials] == names(RECIPES[experiment])
     for trial in trials[:: len(SEEDS)]:
         cfg = composed(trial)
-        assert cfg.model.name == "tiny"
+        assert cfg.model.name == ("mini_moe" if experiment.startswith("moe_") else "tiny")
         validate_config(cfg, gpus=0)
 
 

@@ -28,6 +28,11 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
         (dict(attention="baseline", pairing="cross_group"), "model.pairing='cross_group'"),
         (dict(attention="diff_v1", n_heads=6, n_kv_heads=3), "model.n_kv_heads=3"),
         (dict(pairing="cross_group", n_kv_heads=1), "model.pairing='cross_group'"),
+        (dict(moe_experts=4, moe_top_k=5), "model.moe_top_k=5 must be in"),
+        (dict(moe_experts=4, moe_first_dense=4), "model.moe_first_dense=4 leaves no MoE block"),
+        (dict(moe_experts=-1), "model.moe_experts=-1"),
+        (dict(moe_aux_coef=-0.1), "model.moe_aux_coef=-0.1"),
+        (dict(moe_impl="cutlass"), "model.moe_impl='cutlass'"),
     ],
 )
 def test_bad_config_raises_naming_the_field(overrides, message):

@@ -26,7 +26,7 @@ def step(mode: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], int, int]:
     tracker = MemTracker()
     tracker.track_external(model)
     with tracker, FlopCounterMode(display=False) as flops:
-        loss = lm_loss(model, tokens[:, :-1], tokens[:, 1:])
+        loss = lm_loss(model, tokens[:, :-1], tokens[:, 1:])[0]
         loss.backward()
     peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]
     grads = {name.replace("._checkpoint_wrapped_module", ""): p.grad for name, p in model.named_parameters()}

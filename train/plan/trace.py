@@ -129,8 +129,8 @@ def trace_memory(cfg: RunConfig, world_size: int, gpu: bool) -> MemoryBreakdown:
                     micro_steps = min(accum, 2)
                     for micro in range(micro_steps):
                         with grad_sync(model, micro == micro_steps - 1), autocast(pcfg, info):
-                            loss = lm_loss(model, tokens, tokens)
-                        loss.backward()
+                            loss, aux = lm_loss(model, tokens, tokens)
+                        (loss if aux is None else loss + aux).backward()
                         tracker.reset_mod_stats()  # per-module stats only; the peak is kept
                     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                     optimizer.step()

@@ -1,0 +1,147 @@
+"""The mixture-of-experts feed-forward: exact where it must be, balanced by its bias, losses in the output."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from model import ModelConfig, Transformer
+from model.flops import flops_per_token
+from model.moe import MoE, load_balance_loss, router_z_loss
+
+DENSE = ModelConfig(vocab_size=96, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_hidden=48)
+MOE = dataclasses.replace(DENSE, moe_experts=4, moe_top_k=2, moe_hidden=24)
+
+
+def tokens(batch: int = 2, n: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, DENSE.vocab_size, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_one_expert_top1_is_the_dense_swiglu_with_the_same_weights() -> None:
+    torch.manual_seed(0)
+    dense = Transformer(DENSE)
+    moe = Transformer(dataclasses.replace(DENSE, moe_experts=1, moe_top_k=1))
+    state = dense.state_dict()
+    for i in range(DENSE.n_layers):
+        for w in ("w1", "w2", "w3"):
+            state[f"layers.{i}.feed_forward.experts.{w}"] = state.pop(f"layers.{i}.feed_forward.{w}.weight")[
+                None
+            ]
+        state[f"layers.{i}.feed_forward.router.gate.weight"] = torch.randn(1, DENSE.d_model)
+        state[f"layers.{i}.feed_forward.router.expert_bias"] = torch.zeros(1)
+    moe.load_state_dict(state)
+    x = tokens()
+    torch.testing.assert_close(moe(x), dense(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared", [0, 1])
+def test_grouped_matmul_and_the_per_expert_loop_give_the_same_numbers(shared: int) -> None:
+    cfg = dataclasses.replace(MOE, moe_shared_experts=shared, moe_aux_coef=0.01, moe_z_coef=0.001)
+    results = []
+    for impl in ("grouped", "loop"):
+        torch.manual_seed(0)
+        model = Transformer(dataclasses.replace(cfg, moe_impl=impl))
+        aux: dict[str, torch.Tensor] = {}
+        logits = model(tokens(), aux_losses=aux)
+        (logits.square().mean() + sum(aux.values())).backward()
+        results.append((logits, aux, {n: p.grad for n, p in model.named_parameters()}))
+    (logits_g, aux_g, grads_g), (logits_l, aux_l, grads_l) = results
+    assert torch.equal(logits_g, logits_l)
+    assert aux_g.keys() == aux_l.keys() and all(torch.equal(aux_g[k], aux_l[k]) for k in aux_g)
+    for name, grad in grads_g.items():
+        assert torch.equal(grad, grads_l[name]), name
+
+
+def test_bias_balancing_moves_an_imbalanced_router_towards_balance() -> None:
+    torch.manual_seed(0)
+    moe = MoE(dataclasses.replace(MOE, moe_top_k=1, moe_bias_rate=0.003), layer_idx=0)
+    moe.init_weights(0.02, 0.02)
+    with torch.no_grad():
+        moe.router.gate.weight[0] += 0.1  # expert 0 wins most tokens: a collapsed router
+    x = torch.randn(512, MOE.d_model) + 0.5  # a shared direction all tokens lean along
+
+    def max_share() -> float:
+        with torch.no_grad():
+            experts = moe.router(x).experts
+        return torch.bincount(experts.flatten(), minlength=4).max().item() / experts.numel()
+
+    before = max_share()
+    for _ in range(300):  # the trainer's step: training forwards count the load, then balance() after it
+        moe(x)
+        moe.router.balance(moe.router.tokens_per_expert.clone())
+    assert before > 0.9
+    assert max_share() < 0.3  # 0.25 is perfect balance among 4 experts
+    assert moe.router.tokens_per_expert.sum() == 0  # the count restarts after every update
+
+
+def test_auxiliary_losses_reach_the_forwards_aux_losses_weighted_by_their_coefficients() -> None:
+    x = tokens()
+    reported: dict[str, torch.Tensor] = {}
+    torch.manual_seed(0)
+    Transformer(DENSE)(x, aux_losses=reported)
+    Transformer(MOE)(x, aux_losses=reported)
+    assert reported == {}  # dense reports none; the default balancer (the bias update) adds no loss
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(MOE, moe_aux_coef=0.5, moe_z_coef=0.01))
+    routings = []
+    for layer in model.layers:
+        layer.feed_forward.router.register_forward_hook(lambda m, a, out: routings.append(out))
+    model(x, aux_losses=reported)
+    assert sorted(reported) == ["moe_aux/L0", "moe_aux/L1", "moe_z/L0", "moe_z/L1"]
+    for i, routing in enumerate(routings):
+        torch.testing.assert_close(reported[f"moe_aux/L{i}"], 0.5 * load_balance_loss(routing))
+        torch.testing.assert_close(reported[f"moe_z/L{i}"], 0.01 * router_z_loss(routing))
+    assert all(loss.requires_grad for loss in reported.values())  # the router learns from them
+
+
+def test_first_dense_layers_keep_the_dense_feed_forward() -> None:
+    model = Transformer(dataclasses.replace(MOE, moe_first_dense=1))
+    assert not isinstance(model.layers[0].feed_forward, MoE)
+    assert isinstance(model.layers[1].feed_forward, MoE)
+
+
+def size(name: str, attention: str = "diff_v2") -> ModelConfig:
+    from omegaconf import OmegaConf
+
+    from conf import compose
+
+    return OmegaConf.to_object(compose([f"model={name}", f"attention={attention}"]).model)
+
+
+def test_the_30a3_preset_has_qwen3_30b_a3bs_total_and_active_parameters() -> None:
+    with torch.device("meta"):
+        model = Transformer(size("30a3", "baseline"))  # the baseline is Qwen3-30B-A3B's attention
+    assert 30.4e9 < model.num_params() < 30.6e9  # Qwen3-30B-A3B: 30.5B total
+    assert 3.3e9 < model.num_active_params() < 3.4e9  # 3.3B active
+
+
+def test_flops_and_the_summary_count_the_active_experts_only() -> None:
+    from model.summary import summarize_model
+
+    moe, dense = size("micro_moe"), size("micro")  # equal active feed-forward width: 2 x 64 = 128
+    router = 3 * 2 * moe.d_model * moe.moe_experts * moe.n_layers  # forward + backward of the D -> E router
+    assert flops_per_token(moe, 32) - flops_per_token(dense, 32) == router
+    moe_params, dense_params = (summarize_model(c.name, c, 32, 2).params for c in (moe, dense))
+    assert dense_params["active"] == dense_params["total"]
+    assert moe_params["active"] == dense_params["total"] + moe.d_model * moe.moe_experts * moe.n_layers
+    assert moe_params["total"] == moe_params["active"] + 2 * 3 * moe.d_model * 64 * moe.n_layers  # 2 idle
+
+
+def test_diagnostics_report_each_moe_layers_load_entropy_and_losses() -> None:
+    from model.diagnostics import DiagnosticsRecorder
+
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(MOE, moe_top_k=1, moe_first_dense=1))
+    model.layers[1].feed_forward.router.expert_bias[0] = 10.0  # every token chooses expert 0
+    with DiagnosticsRecorder(model) as rec, torch.no_grad():
+        model(tokens())
+    out = rec.summary()
+    assert not any(key.startswith("diag/moe_") and key.endswith("/L0") for key in out)  # L0 is dense
+    assert (out["diag/moe_load_max/L1"], out["diag/moe_load_min/L1"]) == (4.0, 0.0)  # E x the top share
+    assert out["diag/moe_load_max/max"] == 4.0
+    assert 0 < out["diag/moe_entropy/L1"] <= math.log(4) + 1e-6  # the probabilities, untouched by the bias
+    assert out["diag/moe_aux/L1"] > 1.0 and out["diag/moe_z/L1"] > 0  # 1.0 would be balanced
+    assert model.layers[1].feed_forward.router.tokens_per_expert.sum() == 0  # diagnostics count no load

@@ -1,0 +1,83 @@
+"""MoE training through `python -m train`: DIFF V2 with MoE feed-forwards learns, logs its router metrics,
+balances its experts, and resumes bit for bit (the routing biases travel in the checkpoint)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analysis.study import load_trial
+from train.export import load_exported
+
+pytestmark = pytest.mark.usefixtures("data_root")
+
+MOE = ["model=micro_moe", "attention=diff_v2", "trainer.eval_interval=0", "optim.lr=3e-3"]
+
+
+def test_diff_v2_with_moe_trains_and_logs_router_metrics(tmp_path, jobs):
+    run_dir = tmp_path / "moe"
+    overrides = (
+        "trainer.max_steps=30",
+        "trainer.diag_interval=10",
+        "model.moe_z_coef=1e-3",
+        "checkpoint.interval=0",
+    )
+    proc = jobs.in_process(run_dir, *MOE, *overrides)
+    assert proc.returncode == 0, proc.stderr
+    rows = jobs.train_rows(run_dir)
+    first, last = rows[1], rows[30]
+    assert last["loss"] < first["loss"] - 0.5, (first["loss"], last["loss"])
+    assert all(row["aux_loss"] > 0 for row in rows.values())  # the z-loss, through the model's output
+    diag = [row for row in jobs.metrics(run_dir) if "diag/moe_load_max/L0" in row]
+    assert [row["step"] for row in diag] == [10, 20, 30]
+    for layer in ("L0", "L1"):
+        assert 1.0 <= diag[-1][f"diag/moe_load_max/{layer}"] <= 4.0
+        assert 0 < diag[-1][f"diag/moe_entropy/{layer}"] <= torch.log(torch.tensor(4.0)).item() + 1e-6
+        assert diag[-1][f"diag/moe_z/{layer}"] > 0
+    exported = load_exported(run_dir)  # the routing biases the trainer moved travel with it
+    biases = [v for k, v in exported.state_dict().items() if k.endswith("router.expert_bias")]
+    assert len(biases) == 2 and all(b.abs().sum() > 0 for b in biases)
+    sizes = load_trial(run_dir).metrics  # what the study report's table shows: total and active
+    assert sizes["active_params"] == exported.num_active_params() < sizes["params"] == exported.num_params()
+
+
+def test_moe_run_stopped_and_resumed_is_bit_identical_to_a_straight_one(tmp_path, jobs):
+    common = (*MOE, "trainer.max_steps=8", "trainer.diag_interval=0", "checkpoint.interval=0")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert jobs.in_process(straight, *common).returncode == 0
+    assert jobs.in_process(stopped, *common, "trainer.stop_at_step=4").returncode == 0
+    proc = jobs.in_process(stopped, *common, "checkpoint.resume=auto")
+    assert proc.returncode == 0 and "resumed from" in proc.stdout, proc.stderr
+    expected, resumed = jobs.train_rows(straight), jobs.train_rows(stopped)
+    assert [resumed[s]["loss"] for s in range(5, 9)] == [expected[s]["loss"] for s in range(5, 9)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fsdp", "ddp"])
+def test_moe_on_two_ranks_matches_one_process_with_the_same_routing_biases(tmp_path, jobs, mode):
+    # The loads of both ranks are summed before each bias update, so the biases (and so every routing
+    # choice) are the one process's, which sees the whole global batch in two micro-steps.
+    common = ("model=micro_moe", "trainer.diag_interval=0", "trainer.eval_interval=0")
+    z_loss = ("model.moe_z_coef=1e-3",) if mode == "ddp" else ()  # fsdp refuses it (train/validate.py)
+    jobs.train(tmp_path / "single", *common, *z_loss, "parallel=single")
+    jobs.train(tmp_path / mode, *common, *z_loss, f"parallel={mode}", nproc=2)
+    single, two = jobs.train_rows(tmp_path / "single"), jobs.train_rows(tmp_path / mode)
+    for step in range(1, 13):
+        assert two[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-4), step
+        if mode == "ddp":  # the z-loss, through the forward's aux_losses on both ranks
+            assert two[step]["aux_loss"] == pytest.approx(single[step]["aux_loss"], rel=1e-4), step
+    biases = [
+        {k: v for k, v in load_exported(tmp_path / run).state_dict().items() if k.endswith("expert_bias")}
+        for run in ("single", mode)
+    ]
+    assert biases[0].keys() == biases[1].keys() and len(biases[0]) == 2
+    for name, bias in biases[0].items():
+        assert bias.abs().sum() > 0
+        torch.testing.assert_close(biases[1][name], bias, rtol=0, atol=0)
+
+
+def test_fsdp_refuses_moe_auxiliary_losses_naming_the_fields(tmp_path, jobs):
+    overrides = ("model=micro_moe", "model.moe_z_coef=1e-3", "parallel=fsdp")
+    proc = jobs.train(tmp_path / "run", *overrides, nproc=2, check=False)  # one rank would not shard
+    assert proc.returncode != 0
+    assert "model.moe_z_coef=0.001 need a layout without FSDP" in proc.stderr + proc.stdout
