@@ -10,11 +10,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from model import ModelConfig
 from train.config import ParallelConfig
+from train.degrees import ParallelDims
 from train.loop import lm_loss
 from train.parallel import DistInfo, build_model
 
 CFG = ModelConfig(name="test", vocab_size=256, d_model=64, n_layers=3, n_heads=4, head_dim=16, max_seq_len=64)
-CPU = DistInfo(rank=0, world_size=1, device=torch.device("cpu"), mesh=None)
+CPU = DistInfo(rank=0, world_size=1, device=torch.device("cpu"), dims=ParallelDims(1, 1, 1), mesh=None)
 
 
 def step(mode: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], int, int]:
