@@ -128,11 +128,18 @@ class GroupedExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """x [M, D] sorted by expert, counts [E] (summing to M) -> [M, D] in the compute dtype."""
+        return self.run(x, counts, self.w1, self.w2, self.w3)
+
+    def run(
+        self, x: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor
+    ) -> torch.Tensor:
+        """The experts' SwiGLU with the given weights ([E', ...], E' = len(counts)): the seam expert parallel
+        (train/expert_parallel.py) calls with a rank's own experts and the tokens sent to them."""
         # Under autocast the matmuls run in its dtype, as the dense Linear's would; _grouped_mm has no
         # autocast rule, so both paths cast explicitly.
         device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.w1.dtype
-        w1, w2, w3 = (w.to(dtype) for w in (self.w1, self.w2, self.w3))
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else w1.dtype
+        w1, w2, w3 = (w.to(dtype) for w in (w1, w2, w3))
         x = x.to(dtype)
         grouped = self.impl == "grouped" or (self.impl == "auto" and grouped_mm_supported(x.device, dtype))
         # One elementwise SwiGLU over all slots in both paths: CPU kernels round a vector's tail differently

@@ -135,6 +135,10 @@ class ParallelConfig:
     """Tensor-parallel degree: heads and FFN columns split over this many ranks of one node, with
     sequence-parallel norms and a vocab-sharded loss (train/tensor_parallel.py). Must divide model.n_kv_heads
     (DIFF V1: n_kv_heads / 2) so every differential pair and its K/V heads sit on one rank."""
+    ep: int = 1
+    """Expert-parallel degree: each MoE layer's routed experts split over this many ranks, tokens exchanged
+    by all-to-all (train/expert_parallel.py). Borrowed from the data-parallel ranks (they still see different
+    batches): must equal parallel.dp_shard for now and divide model.moe_experts."""
     mixed_precision: MixedPrecision = MixedPrecision.auto
     """auto (bf16 params + fp32 reduce on CUDA, fp32 on CPU) | bf16 | fp32."""
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
@@ -275,12 +279,17 @@ def _optim_settings(optim: OptimConfig, max_steps: int) -> None:
 def _parallel_settings(parallel: ParallelConfig, model: ModelConfig, seq_len: int, world_size: int) -> int:
     """The layout's degrees against the world size and the model's heads (train/degrees.py); returns the
     data-parallel size."""
-    from train.degrees import check_tp_fits_model, resolve_dims  # it reads this module's ParallelConfig
+    from train.degrees import (  # it reads this module's ParallelConfig
+        check_ep_fits_model,
+        check_tp_fits_model,
+        resolve_dims,
+    )
 
     if parallel.activation_checkpointing == "every_k":
         _positive("parallel.ac_every", parallel.ac_every)
     dims = resolve_dims(parallel, world_size)
     check_tp_fits_model(dims, model)
+    check_ep_fits_model(dims, model)
     if seq_len % dims.tp:  # sequence parallel splits every window's positions over the TP ranks
         raise ConfigError(f"parallel.tp={dims.tp} must divide trainer.seq_len={seq_len}")
     if dims.fsdp and model.moe_experts and (model.moe_aux_coef or model.moe_z_coef):

@@ -24,6 +24,9 @@ class ParallelDims:
     dp_replicate: int
     dp_shard: int
     tp: int
+    ep: int = 1
+    """Expert parallel, borrowed from dp_shard (not a factor of the world size): ep ranks of one dp_shard
+    group split each MoE layer's experts and exchange tokens; they still read different batches."""
 
     @property
     def world_size(self) -> int:
@@ -55,6 +58,8 @@ class ParallelDims:
             parts.append(f"{'hsdp' if self.fsdp else 'ddp'} {self.dp_replicate}")
         if self.tp > 1:
             parts.append(f"tp {self.tp}")
+        if self.ep > 1:
+            parts.append(f"ep {self.ep}")
         return " x ".join(parts) or "single"
 
 
@@ -86,7 +91,36 @@ def resolve_dims(pcfg: ParallelConfig, world_size: int) -> ParallelDims:
             f"{product} = {fixed} ranks, but world_size={world_size}; the degrees must multiply to the "
             "number of processes (set one to -1 to take what remains, e.g. parallel=fsdp)"
         )
-    return ParallelDims(**given)
+    if pcfg.ep < 1:
+        raise ConfigError(f"parallel.ep={pcfg.ep} must be a positive degree (1: no expert parallel)")
+    return ParallelDims(**given, ep=pcfg.ep)
+
+
+def check_ep_fits_model(dims: ParallelDims, model: ModelConfig) -> None:
+    """Expert parallel splits the routed experts over the dp_shard ranks; the layouts it cannot run yet are
+    refused by name rather than run wrong."""
+    if dims.ep == 1:
+        return
+    if not model.moe_experts:
+        raise ConfigError(
+            f"parallel.ep={dims.ep} needs an MoE model (model.moe_experts > 0, e.g. model=micro_moe); got "
+            "model.moe_experts=0: set parallel.ep=1"
+        )
+    if model.moe_experts % dims.ep:
+        raise ConfigError(
+            f"parallel.ep={dims.ep} must divide model.moe_experts={model.moe_experts} (each rank holds "
+            "moe_experts / ep whole experts)"
+        )
+    if dims.tp > 1:
+        raise ConfigError(f"parallel.ep={dims.ep} with parallel.tp={dims.tp} is not supported; set one to 1")
+    if dims.dp_replicate > 1 or dims.ep != dims.dp_shard:
+        # ep < dp_shard would FSDP-shard each expert over the remaining ranks and replicas would all-reduce
+        # expert gradients: neither is built yet.
+        raise ConfigError(
+            f"parallel.ep={dims.ep} must equal parallel.dp_shard={dims.dp_shard} with "
+            f"parallel.dp_replicate=1 (got {dims.dp_replicate}): expert parallel borrows the whole FSDP "
+            "dimension for now"
+        )
 
 
 def tp_units(model: ModelConfig) -> tuple[int, str]:

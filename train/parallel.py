@@ -30,6 +30,7 @@ from model import ModelConfig, Transformer
 from train.activation_checkpointing import apply_activation_checkpointing
 from train.config import ParallelConfig
 from train.degrees import DIM_NAMES, ParallelDims, resolve_dims
+from train.expert_parallel import apply_expert_parallel, expert_params, scale_expert_grads
 from train.tensor_parallel import apply_tensor_parallel, sum_tp_partial_grads
 
 
@@ -54,6 +55,10 @@ class DistInfo:
         return self.mesh.get_local_rank("dp_replicate") * self.dims.dp_shard + self.mesh.get_local_rank(
             "dp_shard"
         )
+
+    def ep_mesh(self) -> DeviceMesh:
+        """The ranks that split the experts: the dp_shard dim (train/degrees.py: ep == dp_shard for now)."""
+        return self.mesh["dp_shard"]
 
     @property
     def dp_size(self) -> int:
@@ -155,10 +160,13 @@ def _apply_fsdp(model: Transformer, pcfg: ParallelConfig, info: DistInfo) -> Non
     dtype = param_dtype(pcfg, info.device)
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     dp_mesh = info.dp_mesh()
+    # Expert parallel already gave every dp rank its own experts: nothing left for FSDP to shard.
+    ignored = expert_params(model) if info.dims.ep > 1 else None
     for i, block in enumerate(model.layers):
         # The last block's parameters are needed again first in backward: keep them gathered.
-        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=i < len(model.layers) - 1)
-    fully_shard(model, mesh=dp_mesh, mp_policy=mp)
+        last = i == len(model.layers) - 1
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=not last, ignored_params=ignored)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp, ignored_params=ignored)
 
 
 def _init_weights(model: nn.Module, seed: int) -> None:
@@ -195,6 +203,8 @@ def build_model(
     # the parallelised blocks, then FSDP over the data-parallel dims (2-D DTensors with TP).
     if dims.tp > 1:
         apply_tensor_parallel(model, info.mesh["tp"])
+    if dims.ep > 1:
+        apply_expert_parallel(model, info.ep_mesh())
     apply_activation_checkpointing(model.layers, pcfg)
     if pcfg.compile:
         for block in model.layers:
@@ -243,6 +253,8 @@ def finish_gradients(model: nn.Module, info: DistInfo, max_norm: float) -> float
     the result is the norm of the full model's gradient at any layout."""
     if info.dims.tp > 1:
         sum_tp_partial_grads(model, info.mesh["tp"])
+    if info.dims.ep > 1:
+        scale_expert_grads(model, info.dims.ep)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     groups: dict[object, list[torch.Tensor]] = {}
     for grad in grads:
