@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TextIO
 
 from errors import ConfigError
 
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:/+)[^\s'\"]*@")
-"""`scheme:/...@` too: a URL passed through pathlib.Path loses one slash of `://`."""
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*\\?:/+)[^\s'\"]*@")
+"""`scheme:/...@` too: a URL passed through pathlib.Path loses one slash of `://`;
+`scheme\\://...@` too: Hydra escapes `:` in the override values it prints (a sweep's trials)."""
 REDACTED = "***"
 
 
@@ -35,6 +37,21 @@ def has_credential(text: str) -> bool:
 def redact(text: str) -> str:
     """`text` with every URL's user/password part replaced by `***` (`s3://***@bucket/x`)."""
     return _USERINFO.sub(rf"\1{REDACTED}@", text)
+
+
+class RedactedStream:
+    """A text stream (sys.stdout, sys.stderr) whose writes pass through `redact`: installed by a command
+    whose every message must be redacted, Hydra's and libraries' included. A URL split over two writes is
+    not seen; print writes a message in one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(redact(text))
+
+    def __getattr__(self, name: str) -> object:  # flush, buffer, fileno, isatty, ...: the stream's own
+        return getattr(self.stream, name)
 
 
 def _refusal(where: str) -> CredentialInConfig:

@@ -43,8 +43,8 @@ def launch_task(cfg: DictConfig) -> int:
             "hydra.sweeper.params=null to run one trial"
         )
     try:
+        refuse_in_config(OmegaConf.to_container(cfg, resolve=True))  # first: the other checks quote values
         validate_config(cfg)
-        refuse_in_config(OmegaConf.to_container(cfg, resolve=True))
         from train.rundir import check_run_dir_placement, check_run_name  # torch-heavy: imported late
 
         check_run_name(cfg.run.name)  # before the agent creates run.dir

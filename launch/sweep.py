@@ -145,17 +145,21 @@ class SweepCallback(Callback):
     def _plan_and_validate(config: DictConfig) -> None:
         global STATE
         from conf import compose
+        from data.credentials import refuse_in_config
         from launch.nodes import gpus_present
         from launch.validate import validate_config
 
         raw = OmegaConf.to_container(config.hydra.overrides.task)
         params = config.hydra.sweeper.get("params")
         params = OmegaConf.to_container(params) if params is not None else {}
+        # Before Hydra writes multirun.yaml into the sweep dir: a recipe's credential URL must not land there.
+        refuse_in_config({"hydra.sweeper.params": params})
         STATE = plan_sweep(Path(config.hydra.sweep.dir), expand_trials(raw, params))  # type: ignore[arg-type]
         gpus = gpus_present()
         for trial in STATE.trials:
             try:
                 cfg = compose([*trial.overrides, *trial.extra_overrides()])
+                refuse_in_config(OmegaConf.to_container(cfg, resolve=True))
                 validate_config(cfg, gpus=gpus)
             except Exception as exc:  # Hydra's compose errors and our ValueErrors alike: stop before any job.
                 # Hydra's message says which override; its cause says which type was expected.
