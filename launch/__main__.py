@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from conf import register_configs
 from data.credentials import RedactedStream, refuse_in_args
-from errors import ProjectError
+from errors import ProjectError, report_and_exit
 from launch import app, sweep
 from launch.process import LaunchStopped
 
@@ -63,8 +63,7 @@ def _launch() -> None:
     try:  # before Hydra, which would repeat a bad override's value in its own error
         refuse_in_args(sys.argv[1:])
     except ProjectError as err:
-        print(f"launch: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(err.exit_code)
+        report_and_exit(err)
     sys.argv = [sys.argv[0], *hydra_args(sys.argv[1:])]
     try:
         _main()

@@ -39,8 +39,10 @@ def launch_task(cfg: DictConfig) -> int:
             OmegaConf.update(cfg, key, value)
     elif hc.sweeper.get("params"):
         return _fail(
-            "this config sweeps hydra.sweeper.params (an experiment recipe): add --multirun, or "
-            "hydra.sweeper.params=null to run one trial"
+            ConfigError(
+                "this config sweeps hydra.sweeper.params (an experiment recipe): add --multirun, or "
+                "hydra.sweeper.params=null to run one trial"
+            )
         )
     try:
         refuse_in_config(OmegaConf.to_container(cfg, resolve=True))  # first: the other checks quote values
@@ -50,9 +52,9 @@ def launch_task(cfg: DictConfig) -> int:
         check_run_name(cfg.run.name)  # before the agent creates run.dir
         check_run_dir_placement(Path(cfg.run.dir))
     except ProjectError as exc:
-        return _fail(str(exc), exc.exit_code)
+        return _fail(exc)
     except ValueError as exc:  # the model's own checks raise plain ValueError
-        return _fail(str(exc))
+        return _fail(ConfigError(str(exc)))
     overrides = train_overrides(task, extra)
     if cfg.launch.kind == "slurm":
         from launch.slurm import submit
@@ -80,6 +82,8 @@ def _record(rc: int) -> int:
     return rc
 
 
-def _fail(message: str, code: int = ConfigError.exit_code) -> int:
-    print(f"launch: error: {redact(message)}", file=sys.stderr, flush=True)
-    return _record(code)
+def _fail(err: ProjectError) -> int:
+    """Reports `err` as every command does (`<label>: <message>`, README's exit-code table); its code is
+    recorded for __main__ to exit with, after a sweep's other trials."""
+    print(f"{err.label}: {redact(str(err))}", file=sys.stderr, flush=True)
+    return _record(err.exit_code)

@@ -8,7 +8,6 @@ Trials run in this process one after another (Hydra's basic launcher); each is i
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from errors import ConfigError, ProjectError, report_and_exit
 from launch.command import is_launch_override, override_key
 from launch.metrics import format_table, summarize
 
@@ -137,9 +137,10 @@ class SweepCallback(Callback):
         # Hydra turns a callback's exception into a warning and carries on: every failure here must exit.
         try:
             self._plan_and_validate(config)
-        except Exception as exc:
-            print(f"launch: error: {exc}", file=sys.stderr, flush=True)
-            sys.exit(2)
+        except ProjectError as exc:
+            report_and_exit(exc)
+        except Exception as exc:  # Hydra's compose errors (a trial's wrong type)
+            report_and_exit(ConfigError(str(exc)))
 
     @staticmethod
     def _plan_and_validate(config: DictConfig) -> None:
