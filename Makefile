@@ -41,27 +41,35 @@ format: setup
 bench: setup
 	$(BIN)/python -m bench $(ARGS)
 
-# The CPU study behind docs/results.md: diff_v2_vs_baseline and ablations, 3 seeds each, at model=mini (30 runs
-# of ~0.4M tokens; ~1 min each alone, far longer on a busy machine), one thread per run (threads waiting for a
-# busy core make a shared machine far slower). lr 3e-3: the baseline's best of 1e-3, 3e-3 in a probe.
+# The CPU study behind docs/results.md: diff_v2_vs_baseline and ablations (30 runs of 200 steps, 3 seeds each,
+# lr 3e-3: the baseline's best of 1e-3, 3e-3 in a probe), then lr_stability (36 runs of 80 steps, its own LR
+# grid, logged every step so that the grad-norm curves show the spikes), all at model=mini: ~40 s a 200-step
+# run alone, ~45 min for the whole page on an idle 2-core machine, far longer on a busy one; one thread per
+# run (threads waiting for a busy core make a shared machine slower).
 RESULTS_ARGS ?= model=mini data=stdlib_small trainer.seq_len=128 trainer.micro_batch=16 \
-	trainer.global_batch_tokens=2048 trainer.max_steps=200 optim.lr=3e-3 optim.warmup_steps=20 \
-	trainer.log_interval=10 trainer.eval_interval=100 trainer.eval_batches=16 trainer.diag_interval=50 \
+	trainer.global_batch_tokens=2048 trainer.max_steps=200 optim.warmup_steps=20 \
+	trainer.eval_interval=100 trainer.eval_batches=16 trainer.diag_interval=50 \
 	logging=disabled checkpoint.enabled=false checkpoint.export_safetensors=false
 RESULTS_DIR ?= runs/results
 STUDIES := diff_v2_vs_baseline ablations
+STUDY_ARGS := optim.lr=3e-3 trainer.log_interval=10
+STABILITY_ARGS := trainer.max_steps=80 optim.warmup_steps=8 trainer.eval_interval=0 trainer.diag_interval=0 \
+	trainer.log_interval=1
 
 results: setup
 	$(BIN)/python -m data.prepare data=stdlib_small
 	for study in $(STUDIES); do OMP_NUM_THREADS=1 $(BIN)/python -m launch --multirun +experiment=$$study \
-		$(RESULTS_ARGS) hydra.sweep.dir=$(RESULTS_DIR)/$$study $(ARGS) \
+		$(RESULTS_ARGS) $(STUDY_ARGS) hydra.sweep.dir=$(RESULTS_DIR)/$$study $(ARGS) \
 		|| echo "$$study: a trial failed; its row shows what it logged"; done
+	OMP_NUM_THREADS=1 $(BIN)/python -m launch --multirun +experiment=lr_stability $(RESULTS_ARGS) \
+		$(STABILITY_ARGS) hydra.sweep.dir=$(RESULTS_DIR)/lr_stability $(ARGS) \
+		|| echo "lr_stability: a trial failed; its row shows what it logged"
 	$(MAKE) results-page
 
 # Only the page: docs/results.md and docs/results/<study>/*.png from the runs in $(RESULTS_DIR).
 results-page: setup
 	$(BIN)/python -m launch.results --intro docs/results_intro.md --out docs/results.md \
-		$(addprefix $(RESULTS_DIR)/,$(STUDIES))
+		$(addprefix $(RESULTS_DIR)/,$(STUDIES)) --stability $(RESULTS_DIR)/lr_stability
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

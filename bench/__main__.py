@@ -1,4 +1,4 @@
-"""`make bench` / `python -m bench [attention decode data loop throughput checkpoint documents sources]`:
+"""`make bench` / `python -m bench [NAME ...]` (names: BENCHMARKS below; default all):
 every benchmark, each printing its figures and its ratios against a baseline measured in the same run
 (machines are noisy; absolute numbers are not)."""
 
@@ -8,7 +8,17 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("attention", "decode", "data", "loop", "throughput", "checkpoint", "documents", "sources")
+BENCHMARKS = (
+    "attention",
+    "decode",
+    "data",
+    "loop",
+    "throughput",
+    "checkpoint",
+    "documents",
+    "sources",
+    "parallel",
+)
 
 
 def main(argv: list[str] | None = None) -> None:

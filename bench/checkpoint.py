@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         schedule = LRSchedule(optimizer, cfg.optim, t.max_steps)
         loader = TokenLoader(
             cfg.data.dir,
-            LoaderSpec("train", t.seq_len, t.micro_batch, 0, dp_rank=info.rank, dp_size=info.world_size),
+            LoaderSpec("train", t.seq_len, t.micro_batch, 0, dp_rank=info.dp_rank, dp_size=info.dp_size),
         )
         inputs, targets = (x.to(info.device) for x in next(loader))
         F.cross_entropy(model(inputs).float().flatten(0, 1), targets.flatten()).backward()

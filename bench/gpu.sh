@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The one prepared run for a lent GPU machine (see ../shared/gpu/README.md): the CUDA tests, then training
 # tokens/s, MFU and memory of baseline vs DIFF V2 (FSDP2, bf16, compile off/on) at two sizes, then how long
-# a checkpoint stops training (blocking vs async), then KV-cache decoding of baseline vs DIFF V2 (bench.decode).
-# The step limits add up to 510 s.
+# a checkpoint stops training (blocking vs async), then KV-cache decoding of baseline vs DIFF V2 (bench.decode),
+# then tensor parallel (bench.parallel): TP 2 vs DP 2 over NCCL when the machine has 2+ GPUs, else on its CPU
+# cores with gloo (NCCL refuses two ranks on one GPU). The step limits add up to 540 s.
 # Everything lands in $OUT: summary.txt, one log per step, throughput-*.json.
 #
 #   here, once:   ../shared/gpu/fetch-wheels.sh tokenizers tqdm    # Hydra, OmegaConf, data.prepare's needs
-#   device:       run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=540)
+#   device:       run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=570)
 #   CPU dry run:  SMALL=tiny LARGE=tiny SEQ=256 OUT=/tmp/gpu-dry bash bench/gpu.sh
 #
 # Each step has its own time limit, so one slow step cannot eat the others' time; the exit status is
@@ -58,6 +59,13 @@ step "throughput-$LARGE" 130 python3 -m bench.throughput --sizes "$LARGE" --comp
 step "checkpoint-$SMALL" 40 python3 -m bench.checkpoint model="$SMALL"
 step "decode-$SMALL" 40 python3 -m bench.decode --size "$SMALL" --prompt $((SEQ / 4)) --new 128 --batches 1 8 \
   --repeats 2 --json "$OUT/decode-$SMALL.json"
+if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+  step "parallel-$SMALL" 30 python3 -m bench.parallel --layouts fsdp2 tp2 --steps 5 --json "$OUT/parallel.json" \
+    model="$SMALL" trainer.device=cuda trainer.seq_len="$SEQ" trainer.micro_batch=4 trainer.global_batch_tokens=$((SEQ * 8))
+else
+  step parallel-cpu 30 python3 -m bench.parallel --layouts fsdp2 tp2 --steps 3 --json "$OUT/parallel.json" \
+    model=micro trainer.device=cpu
+fi
 rm -rf "$OUT"/runs-*/*/checkpoints  # none are written (checkpoint.enabled=false); never ship weights back
 cat "$OUT/summary.txt"
 exit "$failed"

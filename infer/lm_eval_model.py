@@ -1,7 +1,7 @@
 """The project's model as an lm-evaluation-harness `LM` (TemplateLM): loglikelihood, rolling, generate_until.
 
 Every request is scored as the start of a document, after <|endoftext|> (what the model saw before each
-document in training), through infer/scoring.py, the same scorer as `python -m infer.perplexity`.
+document in training), through model/scoring.py, the same scorer as `python -m infer.perplexity`.
 Registered with lm-eval as "diffv2": `simple_evaluate(model="diffv2", model_args="source=runs/x")` once this
 module is imported; `python -m infer.evaluate` is the command.
 """
@@ -16,7 +16,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from infer.load import Loaded, load
-from infer.scoring import continuation_scores, token_logprobs
+from model.scoring import continuation_scores, token_logprobs
 
 
 @register_model("diffv2")

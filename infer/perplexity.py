@@ -17,7 +17,7 @@ from pathlib import Path
 import errors
 from errors import ConfigError
 from infer.load import Loaded, add_source_arguments, load_from_args, read_input_text
-from infer.scoring import token_logprobs
+from model.scoring import token_logprobs
 
 
 @dataclass

@@ -23,6 +23,8 @@ from launch.study import VariantResult, find_variant, load_study
 from launch.tables import (
     TRIAL_HEADER,
     VARIANT_HEADER,
+    downstream_keys,
+    downstream_table,
     render_markdown,
     render_text,
     trial_rows,
@@ -143,6 +145,23 @@ def plot_runs(runs: Sequence[Path], out_dir: Path, metrics: Sequence[Metric] = M
     return plot_groups({run.name: [run] for run in runs}, out_dir, metrics)
 
 
+def _downstream_part(variants: Sequence[VariantResult]) -> list[str]:
+    table = downstream_table(variants)
+    if table is None:
+        return []
+    return [
+        "Downstream tasks (trainer.downstream_tasks), last score, mean ± std over seeds:",
+        "",
+        render_markdown(*table),
+        "",
+    ]
+
+
+def downstream_metrics(variants: Sequence[VariantResult]) -> list[Metric]:
+    """One plot per downstream score the runs logged."""
+    return [Metric(key.replace("/", "_"), key, key) for key in downstream_keys(variants)]
+
+
 def study_markdown(variants: Sequence[VariantResult], reference: VariantResult, plots: Sequence[Path]) -> str:
     """The report page: verdicts, the per-variant and per-trial tables, then the plots (paths as given)."""
     parts = [
@@ -154,6 +173,7 @@ def study_markdown(variants: Sequence[VariantResult], reference: VariantResult, 
         "",
         render_markdown(VARIANT_HEADER, variant_rows(variants, reference)),
         "",
+        *_downstream_part(variants),
         "<details><summary>Per trial</summary>",
         "",
         render_markdown(TRIAL_HEADER, trial_rows(variants, reference)),
@@ -208,9 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"launch.report: error: {exc}", file=sys.stderr)
             return 2
         groups = {v.name: [t.run_dir for t in v.trials] for v in variants}
-        written = plot_groups(groups, out)
+        written = plot_groups(groups, out, [*METRICS, *downstream_metrics(variants)])
         print()
         print(render_text(VARIANT_HEADER, variant_rows(variants, reference)))
+        if (table := downstream_table(variants)) is not None:
+            print(render_text(*table))
         print(*verdicts(variants, reference), sep="\n")
         page = study_markdown(variants, reference, [Path(p.name) for p in written])
         (out / REPORT_FILE).write_text(page)

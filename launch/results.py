@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from launch.metrics import find_runs
-from launch.report import DEFAULT_REFERENCE, plot_groups, study_markdown
+from launch.report import DEFAULT_REFERENCE, METRICS, downstream_metrics, plot_groups, study_markdown
+from launch.stability import stability_section
 from launch.study import VariantResult, find_variant, load_study
 from launch.tables import seeds_of
 
@@ -55,19 +56,26 @@ def study_section(sweep_dir: Path, out_dir: Path, page_dir: Path, reference: str
     variants = load_study(find_runs([sweep_dir]))
     ref = find_variant(variants, reference if reference in [v.name for v in variants] else variants[0].name)
     plots_dir = out_dir / sweep_dir.name
-    written = plot_groups({v.name: [t.run_dir for t in v.trials] for v in variants}, plots_dir)
+    groups = {v.name: [t.run_dir for t in v.trials] for v in variants}
+    written = plot_groups(groups, plots_dir, [*METRICS, *downstream_metrics(variants)])
     links = [p.relative_to(page_dir) for p in written]
     return f"## {sweep_dir.name}\n\n{setup_line(variants)}\n\n" + study_markdown(variants, ref, links)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.results", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweeps", nargs="+", help="sweep dirs, one per study (e.g. runs/results/ablations)")
+    parser.add_argument("sweeps", nargs="*", help="sweep dirs, one per study (e.g. runs/results/ablations)")
     parser.add_argument(
         "--out", default="docs/results.md", help="the page (its PNGs go beside it, in results/)"
     )
     parser.add_argument("--reference", default=DEFAULT_REFERENCE, help="variant the others are compared to")
     parser.add_argument("--intro", help="a markdown file put above the studies (setup, commands, caveats)")
+    parser.add_argument(
+        "--stability",
+        nargs="*",
+        default=[],
+        help="lr_stability sweep dirs: spikes per LR and variant, grad-norm curves per LR",
+    )
     args = parser.parse_args(argv)
     page = Path(args.out)
     page.parent.mkdir(parents=True, exist_ok=True)
@@ -75,11 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for sweep in args.sweeps:
             parts.append(study_section(Path(sweep), page.parent / "results", page.parent, args.reference))
+        for sweep in args.stability:
+            parts.append(stability_section(Path(sweep), page.parent / "results", page.parent))
     except (FileNotFoundError, ValueError) as exc:
         print(f"launch.results: error: {exc}", file=sys.stderr)
         return 2
     page.write_text("\n".join(parts))
-    print(f"wrote {page} ({len(args.sweeps)} studies, plots in {page.parent / 'results'})")
+    studies = len(args.sweeps) + len(args.stability)
+    print(f"wrote {page} ({studies} studies, plots in {page.parent / 'results'})")
     return 0
 
 

@@ -32,6 +32,9 @@ DIAG_COLUMNS = {
 }
 """Study column -> the overall diagnostic it reads from the run's last diagnostics row."""
 
+DOWNSTREAM_PREFIX = "downstream/"
+"""Keys of the downstream task scores logged during training (metrics named after their task)."""
+
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 """Two-sided 95% Student t quantiles by degrees of freedom (1.96 beyond): a 3-seed mean is noisy."""
 
@@ -113,19 +116,25 @@ def _last(records: Sequence[dict], key: str) -> float | None:
     return None
 
 
+def model_config_of(config: dict[str, object]):  # -> model.ModelConfig (imported late: torch)
+    """The ModelConfig of a trial's flattened config (its `model.*` keys)."""
+    import dataclasses
+
+    from model import ModelConfig
+
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k[6:]: v for k, v in config.items() if k.startswith("model.") and k[6:] in names})
+
+
 def _model_size(config: dict[str, object]) -> tuple[float, float]:
     """(parameters, training FLOPs per token) of the run's model, built on the meta device (no memory)."""
-    import dataclasses
 
     import torch
 
-    from model import ModelConfig, Transformer
+    from model import Transformer
     from model.flops import flops_per_token
 
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    model_cfg = ModelConfig(
-        **{k[6:]: v for k, v in config.items() if k.startswith("model.") and k[6:] in names}
-    )
+    model_cfg = model_config_of(config)
     with torch.device("meta"):
         params = Transformer(model_cfg).num_params()
     return float(params), flops_per_token(model_cfg, int(config["trainer.seq_len"]))
@@ -175,7 +184,11 @@ def load_trial(run_dir: Path) -> TrialResult:
         "steps": _last(records, "step"),
     }
     metrics |= {name: _last(records, key) for name, key in DIAG_COLUMNS.items()}
+    # trainer.downstream_tasks: downstream/<task>/<metric>, the last score (train/downstream.py)
+    downstream = sorted({k for r in records for k in r if k.startswith(DOWNSTREAM_PREFIX)})
+    metrics |= {key: _last(records, key) for key in downstream}
     curves = {name: curve(records, key) for name, key in CURVES.items()}
+    curves |= {key: curve(records, key) for key in downstream}
     return TrialResult(run_dir, int(config.get("run.seed", 0)), config, metrics=metrics, curves=curves)
 
 

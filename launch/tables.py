@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from launch.study import Difference, TrialResult, VariantResult, difference
+from launch.study import DOWNSTREAM_PREFIX, Difference, TrialResult, VariantResult, difference
 
 Row = list[str]
 
@@ -169,6 +169,22 @@ def verdicts(variants: Sequence[VariantResult], reference: VariantResult) -> lis
             f"{noise}."
         )
     return lines
+
+
+def downstream_keys(variants: Sequence[VariantResult]) -> list[str]:
+    """The downstream/<task>/<metric> scores any trial logged (trainer.downstream_tasks)."""
+    return sorted(
+        {k for v in variants for t in v.trials for k in t.metrics if k.startswith(DOWNSTREAM_PREFIX)}
+    )
+
+
+def downstream_table(variants: Sequence[VariantResult]) -> tuple[Row, list[Row]] | None:
+    """(header, rows): per variant the last downstream scores, mean ± std over seeds; None if none logged."""
+    keys = downstream_keys(variants)
+    if not keys:
+        return None
+    header = ["variant", *(k[len(DOWNSTREAM_PREFIX) :] for k in keys)]
+    return header, [[v.name, *(_mean_std(v, k, ".3f") for k in keys)] for v in variants]
 
 
 def seeds_of(trials: Sequence[TrialResult]) -> list[int]:

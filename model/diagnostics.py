@@ -27,8 +27,11 @@ context_rms_max/max, sink_mass/mean, sink_mass_max/max, lambda_mean/mean.
 
 Only module hooks are used, so this works when every block is wrapped by FSDP2 (parameters are unsharded
 inside the block's forward, where the hooks run). The attention statistics (context RMS, sinks, qk logits)
-recompute the softmax maps explicitly, one head at a time, on the first `max_batch` sequences only. Values
-stay tensors until summary(), so the hooks add no device synchronisation.
+recompute the softmax maps explicitly, one head at a time, on the first `sequences` sequences of the batch
+(default 8: one sequence's qk max or context RMS is a sample, not the model's figure; context RMS moved by
+up to 20% between single sequences); means are over all of them, maxima (qk_logit_max) over all of them.
+The activation statistics read the whole batch. Values stay tensors until summary(), so the hooks add no
+device synchronisation.
 """
 
 from __future__ import annotations
@@ -51,11 +54,14 @@ PER_HEAD = ("context_rms", "sink_mass")
 class DiagnosticsRecorder:
     """Context manager recording per-layer statistics of every forward run inside it."""
 
-    def __init__(self, model: nn.Module, max_batch: int = 1) -> None:
+    def __init__(self, model: nn.Module, sequences: int = 8) -> None:
         self.blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
         if not self.blocks:
             raise ValueError(f"{type(model).__name__} holds no TransformerBlock to record")
-        self.max_batch = max_batch
+        if sequences < 1:
+            raise ValueError(f"diagnostics sequences={sequences} must be >= 1")
+        self.sequences = sequences
+        """The attention statistics read the batch's first `sequences` sequences (all of them if fewer)."""
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._records: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._context: dict[int, torch.Tensor] = {}
@@ -65,9 +71,12 @@ class DiagnosticsRecorder:
         for block in self.blocks:
             i, attn = block.layer_idx, block.attention
             self._handles.append(block.register_forward_hook(self._block_hook(i)))
-            # each variant names the module whose input is its per-head output (DIFF V1: its sub-norm)
+            # each variant names the module whose input is its per-head output (DIFF V1: its sub-norm);
+            # prepend: the heads as the attention passed them, before a wrapper's hook (tensor parallel's)
+            # converts them
             before_o = attn.head_output_module()
-            self._handles.append(before_o.register_forward_pre_hook(self._context_hook(i, attn)))
+            hook = self._context_hook(i, attn)
+            self._handles.append(before_o.register_forward_pre_hook(hook, prepend=True))
             self._handles.append(attn.register_forward_hook(self._attention_hook(i)))
         return self
 
@@ -88,7 +97,7 @@ class DiagnosticsRecorder:
 
     def _context_hook(self, i: int, attn: nn.Module):
         def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0][: self.max_batch].detach().float()
+            x = args[0][: self.sequences].detach().float()
             self._context[i] = x.flatten(2).unflatten(-1, (-1, attn.out_head_dim))
 
         return hook
@@ -106,8 +115,8 @@ class DiagnosticsRecorder:
                     self._records[f"lambda_mean/L{i}"].append(lam.mean())
                     self._records[f"lambda_std/L{i}"].append(lam.std(correction=0))
                 if cache is None and x.shape[1] > 1 and context is not None:  # decoding: keys in the cache
-                    ids = None if docs is None else docs.ids[: self.max_batch]
-                    stats = self._map_stats(attn, x[: self.max_batch], rel_pos, context, ids)
+                    ids = None if docs is None else docs.ids[: self.sequences]
+                    stats = self._map_stats(attn, x[: self.sequences], rel_pos, context, ids)
                     for name, value in stats.items():
                         self._records[f"{name}/L{i}"].append(value)
 

@@ -15,7 +15,6 @@ Device = StrEnum("Device", ["auto", "cpu", "cuda"])
 Schedule = StrEnum("Schedule", ["cosine", "wsd", "constant"])
 # optim.fused stays a str field: YAML and Hydra read `true`/`false` as booleans, which Enums refuse.
 Fused = StrEnum("Fused", ["auto", "true", "false"])
-ParallelMode = StrEnum("ParallelMode", ["single", "ddp", "fsdp", "hsdp"])
 MixedPrecision = StrEnum("MixedPrecision", ["auto", "bf16", "fp32"])
 ActivationCheckpointing = StrEnum("ActivationCheckpointing", ["none", "full", "every_k"])
 Backend = StrEnum("Backend", ["auto", "nccl", "gloo"])
@@ -61,12 +60,22 @@ class TrainerConfig:
     """Micro-batches per rank in one validation pass."""
     diag_interval: int = 50
     """Steps between DIFF diagnostics (lambda stats, activation maxima, context RMS, qk-logits, sink mass)."""
+    diag_sequences: int = 8
+    """Sequences of the step's last micro-batch (at most trainer.micro_batch) the attention diagnostics read:
+    means over all of them, qk_logit_max the max over all. Cost: one more forward plus explicit softmax maps
+    per sequence (model/diagnostics.py)."""
+    downstream_tasks: list[str] = field(default_factory=list)
+    """Multiple-choice task files (lm-eval-style YAML + JSONL, e.g. tests/infer/tasks/python_mc.yaml; paths
+    relative to the working directory) scored during training (train/downstream.py); empty: none."""
+    downstream_interval: int = 0
+    """Steps between downstream scores (also scored at the last step); 0: off. Logged as
+    downstream/<task>/acc and /acc_norm, beside val_loss."""
     loss_spike_jump: float = 0.03
     """A loss spike exceeds the loss's recent level (median of the last 5 steps) by more than this fraction
     of it, and by loss_spike_deviations robust stds; see train/spikes.py."""
     loss_spike_deviations: float = 6.0
     """A loss spike exceeds the recent level by more than this many robust stds of the per-step noise
-    (1.4826 * MAD of the differences over spike_window steps): small batches' noise does not count."""
+    (1.4826 * MAD of the second differences over spike_window steps): small batches' noise does not count."""
     grad_spike_factor: float = 2.0
     """A grad-norm spike exceeds this multiple of the grad norm's recent level (median of the last 5)."""
     detect_anomaly_nan: bool = True
@@ -107,10 +116,17 @@ class OptimConfig:
 
 @dataclass
 class ParallelConfig:
-    mode: ParallelMode = ParallelMode.single
-    """single | ddp | fsdp | hsdp."""
-    replicate: int = 1
-    """hsdp: size of the replicate dimension (shard dimension = world / replicate)."""
+    """The layout as degrees of parallelism; their product is the world size (train/degrees.py). The presets
+    conf/parallel/{single,ddp,fsdp,hsdp}.yaml name common choices of them."""
+
+    dp_replicate: int = 1
+    """Data-parallel replicas (full copies, or HSDP's replicate groups); -1: what remains of the world."""
+    dp_shard: int = 1
+    """Ranks FSDP2 shards parameters, gradients and optimizer state over (1: no FSDP); -1: what remains."""
+    tp: int = 1
+    """Tensor-parallel degree: heads and FFN columns split over this many ranks of one node, with
+    sequence-parallel norms and a vocab-sharded loss (train/tensor_parallel.py). Must divide model.n_kv_heads
+    (DIFF V1: n_kv_heads / 2) so every differential pair and its K/V heads sit on one rank."""
     mixed_precision: MixedPrecision = MixedPrecision.auto
     """auto (bf16 params + fp32 reduce on CUDA, fp32 on CPU) | bf16 | fp32."""
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
@@ -122,9 +138,9 @@ class ParallelConfig:
     backend: Backend = Backend.auto
     """auto (nccl on CUDA, gloo on CPU) | nccl | gloo."""
     init: ShardedInit = ShardedInit.rank0
-    """fsdp/hsdp weight init: rank0 (rank 0 builds the full model on its CPU and sends each rank its shards:
-    weights equal at any world size) | sharded (each rank initialises its own shards: no full copy anywhere,
-    but the weights depend on the world size)."""
+    """Weight init of a sharded model (FSDP or TP): rank0 (rank 0 builds the full model on its CPU and sends
+    each rank its shards: weights equal at any layout) | sharded (each rank initialises its own shards: no
+    full copy anywhere, but the weights depend on the layout)."""
 
 
 @dataclass

@@ -24,9 +24,10 @@ from conf import RunConfig
 from model.diagnostics import DiagnosticsRecorder
 from train.checkpoint import Checkpointer
 from train.debug import FaultInjector
+from train.downstream import DownstreamEval
 from train.metrics import MetricsLogger, Row
 from train.optim import LRSchedule
-from train.parallel import DistInfo, autocast, grad_sync
+from train.parallel import DistInfo, autocast, finish_gradients, grad_sync, loss_context
 from train.signals import StopRequest
 from train.state import Counters, TrainState
 from train.throughput import mfu, peak_flops, peak_memory_gb
@@ -58,6 +59,8 @@ class LoopParts:
     logger: MetricsLogger
     grad_accum: int
     config_yaml: str
+    downstream: DownstreamEval | None = None
+    """trainer.downstream_tasks, when trainer.downstream_interval is set."""
 
 
 @dataclass
@@ -106,8 +109,9 @@ class RunResult:
 
 def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = model(inputs)
-    # Logits may come back in bf16; the softmax and the mean are taken in fp32.
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    # Logits may come back in bf16; the softmax and the mean are taken in fp32. With TP they are
+    # vocab-sharded and the loss, replicated on the TP ranks, comes back as a plain tensor.
+    return _full(F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()))
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +148,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(parts.grad_accum):
             inputs, targets = self._next_batch()
-            with grad_sync(parts.model, micro == parts.grad_accum - 1):
+            with grad_sync(parts.model, micro == parts.grad_accum - 1), loss_context(self.info):
                 with autocast(self.cfg.parallel, self.info):
                     loss = self.faults.loss(lm_loss(parts.model, inputs, targets), step)
                 (loss / parts.grad_accum).backward()
@@ -154,6 +158,7 @@ class Trainer:
             [loss_sum / parts.grad_accum, torch.tensor(float(self.stop.requested), device=self.device)]
         )
         dist.all_reduce(packed)
+        # TP ranks hold the same loss: the mean over all ranks is the mean over data-parallel ranks.
         loss_value = packed[0].item() / self.info.world_size
         # Act on the agreed flag only: a signal landing after the all-reduce waits for the next step, so
         # that every rank enters the checkpoint collectives at the same step.
@@ -165,7 +170,7 @@ class Trainer:
                 f"{parts.checkpointer.root}"
             )
         max_norm = trainer.grad_clip if trainer.grad_clip > 0 else math.inf
-        grad_norm = _full(torch.nn.utils.clip_grad_norm_(parts.model.parameters(), max_norm)).item()
+        grad_norm = finish_gradients(parts.model, self.info, max_norm)
         parts.optimizer.step()
         parts.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss_value, grad_norm, lr)
@@ -180,7 +185,7 @@ class Trainer:
         for i, (inputs, targets) in enumerate(parts.val_loader):
             if i >= self.cfg.trainer.eval_batches:
                 break
-            with autocast(self.cfg.parallel, self.info):
+            with autocast(self.cfg.parallel, self.info), loss_context(self.info):
                 totals[0] += lm_loss(parts.model, inputs.to(self.device), targets.to(self.device))
             totals[1] += 1
         dist.all_reduce(totals)
@@ -191,7 +196,8 @@ class Trainer:
     def diagnostics(self) -> dict[str, float]:
         """DIFF diagnostics on the last training micro-batch (rank 0's values are logged)."""
         inputs, _ = self.last_batch
-        with DiagnosticsRecorder(self.parts.raw_model) as rec, autocast(self.cfg.parallel, self.info):
+        recorder = DiagnosticsRecorder(self.parts.raw_model, self.cfg.trainer.diag_sequences)
+        with recorder as rec, autocast(self.cfg.parallel, self.info):
             self.parts.model(inputs)
         return rec.summary()
 
@@ -242,6 +248,8 @@ class Trainer:
             parts.logger.log({"step": step, **self.diagnostics()})
         if trainer.eval_interval and step % trainer.eval_interval == 0 and step < trainer.max_steps:
             parts.logger.log({"step": step, "val_loss": self.evaluate()})
+        if parts.downstream and (step % trainer.downstream_interval == 0 or step == trainer.max_steps):
+            parts.logger.log({"step": step, **parts.downstream.scores(parts.raw_model)})
         return row
 
     def run(self) -> RunResult:

@@ -23,10 +23,14 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.rendezvous import rendezvous
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import loss_parallel
 from torch.nn.parallel import DistributedDataParallel
 
 from model import ModelConfig, Transformer
 from train.config import ParallelConfig
+from train.degrees import DIM_NAMES, ParallelDims, resolve_dims
+from train.tensor_parallel import apply_tensor_parallel, sum_tp_partial_grads
 
 
 @dataclass
@@ -36,12 +40,30 @@ class DistInfo:
     rank: int
     world_size: int
     device: torch.device
-    mesh: DeviceMesh | None
-    """Data-parallel mesh: 1-D ("dp",) for ddp/fsdp, 2-D (dp_replicate, dp_shard) for hsdp, None: single."""
+    dims: ParallelDims
+    mesh: DeviceMesh
+    """The job's one mesh, dims (dp_replicate, dp_shard, tp); every part that cares about ranks asks it."""
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def dp_rank(self) -> int:
+        """This rank's data-parallel index: the loaders read by it, so one TP group shares its batches."""
+        return self.mesh.get_local_rank("dp_replicate") * self.dims.dp_shard + self.mesh.get_local_rank(
+            "dp_shard"
+        )
+
+    @property
+    def dp_size(self) -> int:
+        return self.dims.dp_size
+
+    def dp_mesh(self) -> DeviceMesh:
+        """What FSDP shards over: 1-D dp_shard, or 2-D (dp_replicate, dp_shard) for HSDP."""
+        if self.dims.dp_replicate > 1:
+            return self.mesh["dp_replicate", "dp_shard"]
+        return self.mesh["dp_shard"]
 
 
 def resolve_device(device: str, local_rank: int) -> torch.device:
@@ -84,16 +106,10 @@ def init_distributed(pcfg: ParallelConfig, device_pref: str) -> DistInfo:
             dist.init_process_group(
                 backend=pg_backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout
             )
-    mesh = None
-    if pcfg.mode in ("ddp", "fsdp"):
-        mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
-    elif pcfg.mode == "hsdp":
-        mesh = init_device_mesh(
-            device.type,
-            (pcfg.replicate, world_size // pcfg.replicate),
-            mesh_dim_names=("dp_replicate", "dp_shard"),
-        )
-    return DistInfo(rank, world_size, device, mesh)
+    dims = resolve_dims(pcfg, world_size)
+    shape = (dims.dp_replicate, dims.dp_shard, dims.tp)
+    mesh = init_device_mesh(device.type, shape, mesh_dim_names=DIM_NAMES)
+    return DistInfo(rank, world_size, device, dims, mesh)
 
 
 def _device_id(device: torch.device) -> torch.device | None:
@@ -126,9 +142,9 @@ def param_dtype(pcfg: ParallelConfig, device: torch.device) -> torch.dtype:
 
 @contextlib.contextmanager
 def autocast(pcfg: ParallelConfig, info: DistInfo) -> Iterator[None]:
-    """bf16 autocast for single/ddp; FSDP casts parameters itself through its MixedPrecisionPolicy."""
+    """bf16 autocast without FSDP; FSDP casts parameters itself through its MixedPrecisionPolicy."""
     dtype = param_dtype(pcfg, info.device)
-    if dtype == torch.float32 or pcfg.mode in ("fsdp", "hsdp"):
+    if dtype == torch.float32 or info.dims.fsdp:
         yield
         return
     with torch.autocast(device_type=info.device.type, dtype=dtype):
@@ -147,10 +163,11 @@ def _apply_activation_checkpointing(model: Transformer, pcfg: ParallelConfig) ->
 def _apply_fsdp(model: Transformer, pcfg: ParallelConfig, info: DistInfo) -> None:
     dtype = param_dtype(pcfg, info.device)
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    dp_mesh = info.dp_mesh()
     for i, block in enumerate(model.layers):
         # The last block's parameters are needed again first in backward: keep them gathered.
-        fully_shard(block, mesh=info.mesh, mp_policy=mp, reshard_after_forward=i < len(model.layers) - 1)
-    fully_shard(model, mesh=info.mesh, mp_policy=mp)
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=i < len(model.layers) - 1)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp)
 
 
 def _init_weights(model: nn.Module, seed: int) -> None:
@@ -180,22 +197,29 @@ def build_model(
 ) -> tuple[nn.Module, Transformer]:
     """Builds on meta, wraps, materialises on the device and initialises. Returns (wrapped model for the loop,
     the Transformer inside it for flops_per_token, diagnostics and export)."""
+    dims = info.dims
     with torch.device("meta"):
         model = Transformer(cfg)
+    # Order as torchtitan: TP first (parameters become DTensors on the tp dim), then AC and compile around
+    # the parallelised blocks, then FSDP over the data-parallel dims (2-D DTensors with TP).
+    if dims.tp > 1:
+        apply_tensor_parallel(model, info.mesh["tp"])
     _apply_activation_checkpointing(model, pcfg)
     if pcfg.compile:
         for block in model.layers:
             block.compile()  # in place: parameter names (and so checkpoints) do not change
-    if pcfg.mode in ("fsdp", "hsdp"):
+    if dims.fsdp:
         _apply_fsdp(model, pcfg, info)
     model.to_empty(device=info.device)
     _init_weights(model, seed)  # also fills non-persistent buffers (rotary tables) on every rank
-    if pcfg.mode in ("fsdp", "hsdp") and pcfg.init == "rank0" and info.world_size > 1:
+    sharded = dims.fsdp or dims.tp > 1
+    if sharded and pcfg.init == "rank0" and info.world_size > 1:
         _broadcast_rank0_weights(model, cfg, seed, info)
-    if pcfg.mode == "ddp":
+    if dims.ddp:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         # DDP broadcasts rank 0's weights at construction; every rank also inits with the same seed.
-        return DistributedDataParallel(model, device_ids=device_ids, device_mesh=info.mesh), model
+        ddp_mesh = info.mesh["dp_replicate"]
+        return DistributedDataParallel(model, device_ids=device_ids, device_mesh=ddp_mesh), model
     return model, model
 
 
@@ -207,3 +231,34 @@ def grad_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextMana
     if isinstance(model, DistributedDataParallel) and not enabled:
         return model.no_sync()
     return contextlib.nullcontext()
+
+
+def loss_context(info: DistInfo) -> contextlib.AbstractContextManager:
+    """Around a micro-step's forward and backward: with TP the loss is taken on vocab-sharded logits."""
+    return loss_parallel() if info.dims.tp > 1 else contextlib.nullcontext()
+
+
+def finish_gradients(model: nn.Module, info: DistInfo, max_norm: float) -> float:
+    """After the last micro-step's backward: completes TP-partial gradients, then clips all gradients to
+    `max_norm` (inf: none) by their global norm, which it returns.
+
+    Gradients can be DTensors on different meshes (TP on tp, FSDP on dp, 2-D on both) or plain tensors; the
+    norm of each mesh's group is taken by torch and made whole (`full_tensor`, one all-reduce per group), so
+    the result is the norm of the full model's gradient at any layout."""
+    if info.dims.tp > 1:
+        sum_tp_partial_grads(model, info.mesh["tp"])
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    groups: dict[object, list[torch.Tensor]] = {}
+    for grad in grads:
+        groups.setdefault(grad.device_mesh if isinstance(grad, DTensor) else None, []).append(grad)
+    norms = []
+    for group in groups.values():
+        norm = torch.nn.utils.get_total_norm(group)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    total = torch.linalg.vector_norm(torch.stack(norms)) if len(norms) > 1 else norms[0]
+    # as torch.nn.utils.clip_grads_with_norm_: grads scaled by min(1, max_norm / (norm + 1e-6))
+    coef = (max_norm / (total + 1e-6)).item()
+    if coef < 1.0:
+        for grad in grads:
+            grad.mul_(coef)
+    return total.item()

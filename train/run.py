@@ -63,8 +63,8 @@ def _loader(cfg: RunConfig, info: DistInfo, split: str) -> StreamLoader:
         t.seq_len,
         t.micro_batch,
         cfg.run.seed,
-        dp_rank=info.rank,  # every rank is a data-parallel rank until tensor parallelism lands
-        dp_size=info.world_size,
+        dp_rank=info.dp_rank,  # the ranks of one TP group read the same batches
+        dp_size=info.dp_size,
         shuffle=split == "train",
         prefetch=cfg.data.prefetch,
         pin_memory=info.device.type == "cuda",
@@ -135,6 +135,13 @@ def _build_parts(
         counters.config_yaml = config_yaml  # later checkpoints carry the config they were written under
     if not counters.wandb_id:
         counters.wandb_id = from_rank0(secrets.token_hex(4), info)
+    downstream = None
+    if t.downstream_interval and t.downstream_tasks:
+        from data.tokenizer import load_tokenizer
+        from train.downstream import DownstreamEval
+
+        enc = load_tokenizer(cfg.data.tokenizer)
+        downstream = DownstreamEval(list(t.downstream_tasks), enc.encode_ordinary, train_loader.eot_token)
     parts = LoopParts(
         cfg=cfg,
         info=info,
@@ -148,8 +155,9 @@ def _build_parts(
         state=state,
         checkpointer=checkpointer,
         logger=_build_logger(cfg, info, run_dir, counters, counters.step),
-        grad_accum=grad_accum_steps(cfg, info.world_size),
+        grad_accum=grad_accum_steps(cfg, info.dp_size),
         config_yaml=config_yaml,
+        downstream=downstream,
     )
     return parts, resume
 
@@ -160,9 +168,9 @@ def _announce(parts: LoopParts, run_dir: Path, resume: Path | None) -> None:
     (run_dir / "config.yaml").write_text(parts.config_yaml)
     print(
         f"run {cfg.run.name}: {parts.raw_model.num_params() / 1e6:.2f}M params ({cfg.model.attention}), "
-        f"{info.world_size} x {info.device.type} [{cfg.parallel.mode}], "
+        f"{info.world_size} x {info.device.type} [{info.dims.describe()}], "
         f"{t.global_batch_tokens} tokens/step = {parts.grad_accum} micro-steps x {t.micro_batch} x "
-        f"{t.seq_len} x {info.world_size} ranks; "
+        f"{t.seq_len} x {info.dp_size} data-parallel ranks; "
         f"run dir {run_dir}" + (f"; resumed from {resume} at step {step}" if resume else ""),
         flush=True,
     )

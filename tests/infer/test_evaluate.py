@@ -14,7 +14,7 @@ from lm_eval.api.instance import Instance
 from infer.evaluate import main as evaluate_main
 from infer.lm_eval_model import DiffV2LM
 from infer.load import load
-from infer.scoring import token_logprobs
+from model.scoring import token_logprobs
 
 REPO = Path(__file__).resolve().parents[2]
 TASKS = REPO / "tests" / "infer" / "tasks"

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from infer.load import load
 from infer.perplexity import main as perplexity_main
-from infer.scoring import plan_windows, token_logprobs
+from model.scoring import plan_windows, token_logprobs
 
 TEXT = 'def add(a, b):\n    """Sum."""\n    return a + b\n'
 

@@ -53,7 +53,7 @@ def assert_refused(proc, *needles: str) -> None:
         ),
         (["launch=slurm", "launch.slurm.executor=local", "launch.slurm.time_min=1"], 0, "signal_delay_s=120"),
         (["launch=multinode", "launch.nnodes=2", "launch.node_rank=5"], 0, "launch.node_rank=5"),
-        (["launch.nproc_per_node=2"], 0, "parallel.mode='single' runs one process, but world_size=2"),
+        (["launch.nproc_per_node=2"], 0, "= 1 ranks, but world_size=2"),
         (["model.n_heads=3"], 0, "n_heads"),
     ],
     ids=[

@@ -21,15 +21,25 @@ PRESETS = {
 }
 
 
-def write_trial(sweep: Path, num: int, preset: str, seed: int, val_loss: float, spikes: int = 0) -> Path:
-    """A finished run: the trainer's config.yaml and a metrics.jsonl (step, diagnostics, val, end rows)."""
-    run_dir = sweep / f"{num}-seed-{seed}_attention-{preset}"
+def write_trial(
+    sweep: Path,
+    num: int,
+    preset: str,
+    seed: int,
+    val_loss: float,
+    spikes: int = 0,
+    lr: float = 1e-3,
+    extra: dict | None = None,
+) -> Path:
+    """A finished run: the trainer's config.yaml and a metrics.jsonl (step, diagnostics, val, end rows, and
+    `extra` logged at the last step)."""
+    run_dir = sweep / f"{num}-seed-{seed}_lr-{lr}_attention-{preset}"
     run_dir.mkdir(parents=True)
     config = {
         "run": {"name": run_dir.name, "dir": str(run_dir), "seed": seed},
         "model": {**MODEL, **PRESETS[preset], "variant": preset, "name": "t", "max_seq_len": 32},
         "trainer": {"seq_len": 32, "max_steps": 20},
-        "optim": {"lr": 1e-3},
+        "optim": {"lr": lr},
         "wandb": {"group": sweep.name},
     }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -50,6 +60,8 @@ def write_trial(sweep: Path, num: int, preset: str, seed: int, val_loss: float, 
             }
         )
         rows.append({"step": step, "val_loss": loss})
+    if extra:
+        rows.append({"step": 20, **extra})
     rows.append({"event": "end", "step": 20, "tokens_seen": 1280, "loss_spikes": spikes, "grad_spikes": 0})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run_dir
@@ -132,3 +144,39 @@ def test_results_page_has_a_section_per_study_with_relative_plot_links(sweep: Pa
     assert "6 runs; seeds [0, 1, 2]" in text
     assert "![val_loss](results/diff_v2_vs_baseline/val_loss.png)" in text
     assert (tmp_path / "docs" / "results" / "diff_v2_vs_baseline" / "val_loss.png").exists()
+
+
+def test_report_shows_the_downstream_scores_logged_during_training(tmp_path: Path) -> None:
+    sweep = tmp_path / "scored"
+    for seed in range(2):
+        for num, (preset, acc) in enumerate((("baseline", 0.4), ("diff_v2", 0.6))):
+            score = {"downstream/python_mc/acc": acc + 0.1 * seed}
+            write_trial(sweep, 2 * seed + num, preset, seed, 4.0, extra=score)
+    out = tmp_path / "report"
+    assert main([str(sweep), "--out", str(out)]) == 0
+    page = (out / "report.md").read_text()
+    assert "| variant | python_mc/acc |" in page
+    assert "| diff_v2 | 0.650 ± 0.071 |" in page and "| baseline | 0.450 ± 0.071 |" in page
+    assert (out / "downstream_python_mc_acc.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_stability_section_tabulates_spikes_per_lr_and_variant_and_concludes(tmp_path: Path) -> None:
+    """At lr 0.1 the baseline spikes 3-5 times and diff_v2 0-1: beyond noise; at lr 0.01 both ~equal."""
+    sweep = tmp_path / "lr_stability"
+    num = 0
+    for seed in range(3):
+        for lr, base, v2 in ((0.01, 1, 1), (0.1, 3 + seed, seed % 2)):
+            for preset, spikes in (("baseline", base), ("diff_v2", v2)):
+                write_trial(sweep, num, preset, seed, 4.0, spikes=spikes, lr=lr)
+                num += 1
+    page = tmp_path / "docs" / "results.md"
+    assert results_main(["--stability", str(sweep), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "## lr_stability" in text and "| lr | seeds | baseline: loss spikes |" in text
+    assert "| 0.1 | 0,1,2 | 4.0 ± 1.0 |" in text
+    assert "lr 0.01: diff_v2 − baseline: loss spikes +0.0 ± 0.0 (within noise)" in text
+    assert (
+        "**Conclusion:** diff_v2 has fewer spikes than baseline beyond noise: loss spikes at lr 0.1." in text
+    )
+    assert "DIFF V1 at init" in text  # the attention output scales at init, measured
+    assert (tmp_path / "docs" / "results" / "lr_stability" / "lr_0.1" / "grad_norm.png").exists()

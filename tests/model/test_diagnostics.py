@@ -40,7 +40,7 @@ def record(
     torch.manual_seed(seed)
     model = Transformer(dataclasses.replace(cfg, **variant))
     x = torch.randint(0, cfg.vocab_size, (batch, n), generator=torch.Generator().manual_seed(seed + 1))
-    with DiagnosticsRecorder(model, max_batch=batch) as rec:
+    with DiagnosticsRecorder(model, sequences=batch) as rec:
         model(x)
     return model, rec
 
@@ -98,7 +98,7 @@ def test_diff_v1_context_rms_is_read_before_its_per_head_norm() -> None:
     with torch.no_grad():
         model.layers[1].attention.subln.weight.mul_(10.0)
     x = torch.randint(0, CFG.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
-    with DiagnosticsRecorder(model, max_batch=2) as again:
+    with DiagnosticsRecorder(model, sequences=2) as again:
         model(x)
     assert again.summary()["diag/context_rms/L1"] == pytest.approx(before, rel=1e-5)
 
@@ -207,3 +207,29 @@ def test_with_document_masks_the_maps_stay_within_documents_and_the_sink_is_each
     for key, per_head in rec.per_head().items():
         if key.startswith("context_rms"):
             assert per_head.max() <= 1.0, key  # still an average of the values read, within the document
+
+
+@pytest.mark.parametrize("name", ["baseline", "diff_v2"])
+def test_attention_figures_cover_every_sequence_read_means_and_maxima(name: str) -> None:
+    """Over several sequences, qk_logit_max is the largest of the sequences' maxima and the context RMS and
+    sink mass the mean of theirs (equal lengths): not the first sequence's sample."""
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(CFG, **VARIANTS[name]))
+    x = torch.randint(0, CFG.vocab_size, (8, 16), generator=torch.Generator().manual_seed(1))
+    singles = []
+    for row in x:
+        with DiagnosticsRecorder(model) as rec:
+            model(row[None])
+        singles.append(rec.summary())
+    with DiagnosticsRecorder(model) as rec:  # the default reads 8 sequences
+        model(x)
+    together = rec.summary()
+    qk_max = max(s["diag/qk_logit_max/max"] for s in singles)
+    assert together["diag/qk_logit_max/max"] == pytest.approx(qk_max)
+    for key in ("diag/context_rms/L1", "diag/sink_mass/L2"):
+        assert together[key] == pytest.approx(sum(s[key] for s in singles) / len(singles), rel=1e-5)
+    assert len({round(s["diag/context_rms/L1"], 6) for s in singles}) > 1  # the sequences do differ
+    with DiagnosticsRecorder(model, sequences=1) as first:
+        model(x)
+    first_rms = first.summary()["diag/context_rms/L1"]
+    assert first_rms == pytest.approx(singles[0]["diag/context_rms/L1"], rel=1e-5)

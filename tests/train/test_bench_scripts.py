@@ -45,3 +45,23 @@ def test_checkpoint_bench_times_blocking_async_and_load(jobs):
     verified = "ratio verified / unverified resume"
     assert {"checksums at save", "resume verified", verified} <= set(figures)
     assert float(figures[verified].split()[0]) >= 1.0
+
+
+def test_parallel_bench_counts_the_collectives_the_shapes_predict(tmp_path, jobs):
+    """FSDP 2 and TP 2 on gloo: the all-gathers and reduce-scatters of one step, counted by CommDebugMode,
+    are as many and as large as the model's shapes say; both layouts report tokens/s."""
+    out = tmp_path / "parallel.json"
+    command = [sys.executable, "-m", "bench.parallel", "--layouts", "fsdp2", "tp2", "--steps", "2"]
+    command += ["--json", str(out), *jobs.tiny_model, "trainer.seq_len=32", "trainer.micro_batch=2"]
+    command += ["trainer.global_batch_tokens=128"]
+    proc = subprocess.run(command, cwd=jobs.repo, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert sorted(results) == ["fsdp2", "tp2"]
+    for layout in results.values():
+        for kind in ("all_gather", "reduce_scatter"):
+            calls, volume = layout["expected"][kind]
+            assert layout["calls"][kind] == calls, (layout["dims"], kind)
+            assert layout["bytes"][kind] == pytest.approx(volume, rel=0.02), (layout["dims"], kind)
+        assert layout["tokens_per_s"] > 0
+    assert "TP / DP" in proc.stdout

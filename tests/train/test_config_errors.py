@@ -31,7 +31,7 @@ def train_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str
         ("trainer.max_stepz=3", "max_stepz"),
         ("trainer.max_steps=abc", "trainer.max_steps"),
         ("parallel=pipeline", "parallel"),
-        ("parallel.mode=pipeline", "parallel.mode"),
+        ("parallel.tp=0", "parallel.tp"),
         ("trainer.global_batch_tokens=100", "trainer.global_batch_tokens"),
     ],
 )

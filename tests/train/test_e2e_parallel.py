@@ -36,7 +36,7 @@ def test_grad_accumulation_matches_one_large_micro_batch(tmp_path, jobs, single_
     "overrides",
     [
         ("parallel=ddp", "parallel.activation_checkpointing=every_k"),
-        ("parallel=hsdp", "parallel.replicate=2", "parallel.activation_checkpointing=full"),
+        ("parallel=hsdp", "parallel.dp_replicate=2", "parallel.activation_checkpointing=full"),
     ],
     ids=["ddp-ac_every_k", "hsdp-ac_full"],
 )

@@ -77,7 +77,7 @@ def test_incomplete_checkpoint_is_skipped_for_previous_complete_one(tmp_path, jo
 
 def test_resolved_config_saved_with_run_and_each_checkpoint(jobs, fsdp_straight):
     run_cfg = OmegaConf.load(fsdp_straight / "config.yaml")
-    assert run_cfg.parallel.mode == "fsdp" and run_cfg.trainer.max_steps == 12
+    assert run_cfg.parallel.dp_shard == -1 and run_cfg.trainer.max_steps == 12
     assert run_cfg.run.dir == str(fsdp_straight)  # resolved: no interpolations left
     assert run_cfg.model.vocab_size == run_cfg.data.tokenizer.vocab_size
     ckpts = sorted((fsdp_straight / "checkpoints").glob("step_*"))

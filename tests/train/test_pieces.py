@@ -38,25 +38,26 @@ def test_resume_auto_picks_latest_complete(tmp_path):
 def test_grad_accum_derived_from_global_batch():
     cfg = RunConfig()
     cfg.trainer.seq_len, cfg.trainer.micro_batch, cfg.trainer.global_batch_tokens = 64, 4, 2048
-    assert grad_accum_steps(cfg, world_size=1) == 8
-    assert grad_accum_steps(cfg, world_size=4) == 2
+    assert grad_accum_steps(cfg, dp_size=1) == 8
+    assert grad_accum_steps(cfg, dp_size=4) == 2
     with pytest.raises(ConfigError, match="trainer.global_batch_tokens=2048"):
-        grad_accum_steps(cfg, world_size=3)
+        grad_accum_steps(cfg, dp_size=3)
 
 
 @pytest.mark.parametrize(
     ("key", "value", "world"),
     [
-        ("parallel.mode", "pipeline", 1),
+        ("parallel.dp_shard", 0, 1),
         ("optim.schedule", "linear", 1),
         ("parallel.activation_checkpointing", "some", 1),
         ("wandb.mode", "maybe", 1),
         ("trainer.seq_len", 4096, 1),
-        ("parallel.mode", "single", 2),
+        ("parallel.dp_replicate", 1, 2),
         ("trainer.spike_window", 5, 1),
         ("trainer.loss_spike_jump", -0.1, 1),
         ("trainer.loss_spike_deviations", float("nan"), 1),
         ("trainer.grad_spike_factor", 0.5, 1),
+        ("trainer.diag_sequences", 0, 1),
     ],
 )
 def test_bad_values_name_their_field(key, value, world):

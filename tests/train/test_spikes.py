@@ -23,6 +23,13 @@ def noisy_grad_norm(steps: int, seed: int) -> list[float]:
     return [(0.3 + 1.7 * math.exp(-t / 80)) * math.exp(rng.gauss(0.0, 0.15)) for t in range(steps)]
 
 
+def steep_start(steps: int, seed: int, noise: float = 0.02, tau: float = 4.0) -> list[float]:
+    """The first steps at a large LR: 5.5 + 2.2 exp(-t / tau), a loss that falls ~8% a step and then bends
+    flat, with multiplicative Gaussian noise (a 2k-token batch's loss moves ~2-4% a step)."""
+    rng = random.Random(seed)
+    return [(5.5 + 2.2 * math.exp(-t / tau)) * (1 + rng.gauss(0.0, noise)) for t in range(steps)]
+
+
 def flagged(counter: SpikeCounter, values: list[float]) -> list[int]:
     return [i for i, v in enumerate(values) if counter.update(v)]
 
@@ -45,6 +52,40 @@ def test_every_planted_loss_spike_is_found_and_nothing_else(seed: int) -> None:
 def test_a_smooth_noisy_decaying_loss_has_no_spikes(seed: int) -> None:
     loss, _ = spike_counters(TrainerConfig())
     assert flagged(loss, decaying_loss(2000, seed, noise=0.02)) == []
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_jumps_in_the_first_steps_count_before_the_window_fills(seed: int) -> None:
+    """+25% at steps 8 and 12 of a steep start: the rule counts from step 6 on, and the bend of the decline
+    does not pass for noise (the old rule counted nothing before step 11)."""
+    values = steep_start(60, seed, noise=0.005, tau=3.0)
+    values[7] *= 1.25
+    values[11] *= 1.25
+    loss, _ = spike_counters(TrainerConfig())
+    assert flagged(loss, values) == [7, 11]
+
+
+DIFF_V1_LR_1E_1 = [7.631, 7.643, 7.440, 7.015, 6.724, 6.658, 6.687, 6.880, 7.249, 7.155, 7.375, 7.147, 6.910]
+"""The first 13 losses of DIFF V1 at lr 1e-1 (model=mini, seed 0, make results' settings): a +9% jump at
+step 9 that the first-differences rule missed (its noise read 6 sigma = 0.9 nats from the decline)."""
+
+
+def test_the_lr_1e_1_jump_at_step_9_counts() -> None:
+    loss, _ = spike_counters(TrainerConfig())
+    assert flagged(loss, DIFF_V1_LR_1E_1) == [8]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_steep_noisy_start_has_no_spikes(seed: int) -> None:
+    loss, _ = spike_counters(TrainerConfig())
+    assert flagged(loss, steep_start(200, seed)) == []
+
+
+def test_the_first_five_values_never_count() -> None:
+    """Warm-up: no level and no noise yet; from the 6th value on, the rule uses the history it has."""
+    loss, grad = spike_counters(TrainerConfig())
+    assert flagged(loss, [5.0, 5.0, 5.0, 5.0, 9.0]) == []
+    assert flagged(grad, [1.0, 1.0, 1.0, 1.0, 1.0, 5.0]) == [5]
 
 
 @pytest.mark.parametrize("seed", range(5))

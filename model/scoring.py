@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from errors import ConfigError
-from model import Transformer
+from model.transformer import Transformer
 
 
 @dataclass

@@ -1,0 +1,105 @@
+"""Tensor and sequence parallel plans (DTensor `parallelize_module`) for the baseline, DIFF V1 and DIFF V2.
+
+Megatron's layout as torchtitan applies it: inside a block, Q, K, V (and DIFF V2's lambda projection) and the
+FFN gate/up are column-parallel, O and the FFN down projection row-parallel, so each block costs one
+all-gather and one reduce-scatter per sub-layer. Between them the residual stream stays split along the
+sequence (sequence parallel), so the norms run on 1/tp of the tokens. The head is column-parallel over the
+vocabulary and the loss is computed on the vocab-sharded logits (`loss_parallel`) without gathering them.
+
+The DIFF rule: column sharding is contiguous, so rank r holds query heads [r * Hq/tp, (r + 1) * Hq/tp) and
+K/V heads [r * h_kv/tp, ...). DIFF V2's pairs (2j, 2j+1) are adjacent and a GQA group is a contiguous run of
+2h/h_kv query heads, so when tp divides h_kv (train/degrees.py refuses otherwise) every pair, its lambda row
+and the K/V head it reads are on one rank: the subtraction needs no collective. DIFF V1 likewise when tp
+divides h_kv / 2 (its values are 2d wide, one per pair of key sub-heads).
+
+The model stays free of torch.distributed: its attention reshapes take the head count from the tensor
+(`view(B, N, -1, d)`), so a rank holding a slice of the heads runs the same code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+
+from model import Transformer
+
+TP_PARTIAL = "_tp_partial_params"
+"""Attribute naming a module's plain (unsharded) parameters of which each TP rank has a partial gradient."""
+
+
+def _block_plan(attn: nn.Module) -> dict[str, object]:
+    # The attention call passes (x, rope, cache, docs): only x is a sequence-sharded activation.
+    plan: dict[str, object] = {
+        "attention_norm": SequenceParallel(),
+        "attention": PrepareModuleInput(
+            input_layouts=(Shard(1), None, None, None),
+            desired_input_layouts=(Replicate(), None, None, None),
+        ),
+        "attention.q_proj": ColwiseParallel(),
+        "attention.k_proj": ColwiseParallel(),
+        "attention.v_proj": ColwiseParallel(),
+        "attention.o_proj": RowwiseParallel(output_layouts=Shard(1)),
+        "ffn_norm": SequenceParallel(),
+        # the feed-forward call passes (x, aux_losses)
+        "feed_forward": PrepareModuleInput(
+            input_layouts=(Shard(1), None), desired_input_layouts=(Replicate(), None)
+        ),
+        "feed_forward.w1": ColwiseParallel(),
+        "feed_forward.w3": ColwiseParallel(),
+        "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
+    }
+    if getattr(attn, "lambda_proj", None) is not None:  # DIFF V2: one lambda row per output head
+        plan["attention.lambda_proj"] = ColwiseParallel()
+    return plan
+
+
+def _mark_partial_params(attn: nn.Module) -> None:
+    """Names the attention's parameters the plan left whole (DIFF V1's lambda vectors and sub-norm): every
+    local head uses them, so each rank's gradient is the sum over its own heads only."""
+    names = tuple(name for name, p in attn.named_parameters() if not isinstance(p, DTensor))
+    if names:
+        setattr(attn, TP_PARTIAL, names)
+
+
+def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
+    """Shards `model` (on the meta device, before FSDP and activation checkpointing) over `tp_mesh`."""
+    parallelize_module(
+        model,
+        tp_mesh,
+        {
+            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+            "norm": SequenceParallel(),
+            # vocab-sharded logits stay DTensors for loss_parallel
+            "output": ColwiseParallel(
+                input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False
+            ),
+        },
+    )
+    for block in model.layers:
+        parallelize_module(block, tp_mesh, _block_plan(block.attention))
+        _mark_partial_params(block.attention)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def sum_tp_partial_grads(model: nn.Module, tp_mesh: DeviceMesh) -> None:
+    """Adds up over the TP ranks the gradients of parameters every local head shares (DIFF V1's lambda
+    vectors and sub-norm), once per optimizer step after the last micro-step's backward."""
+    for module in model.modules():
+        for name in getattr(module, TP_PARTIAL, ()):
+            grad = module.get_parameter(name).grad
+            if grad is not None:
+                # With FSDP the grad is this rank's dp shard; the TP ranks of a group hold the same shard.
+                dist.all_reduce(_local(grad), group=tp_mesh.get_group())
