@@ -93,9 +93,10 @@ def test_prompts_file_gives_each_prompt_its_own_continuation_in_order(trained_ru
     assert [row["prompt"] for row in batch] == ["class A:\n    def", "x = 1", "import"]
 
 
-def test_too_long_a_request_names_max_seq_len(trained_run: Path):
-    with pytest.raises(SystemExit, match="max_seq_len=64"):
+def test_too_long_a_request_names_max_seq_len(trained_run: Path, capsys):
+    with pytest.raises(SystemExit) as exited:
         sample_main([str(trained_run), "--prompt", "x", "--max-new-tokens", "100"])
+    assert exited.value.code == 2 and "max_seq_len=64" in capsys.readouterr().err  # a config error
 
 
 def test_a_dir_without_weights_or_checkpoints_is_refused_by_name(tmp_path: Path, capsys):
