@@ -4,8 +4,9 @@ redacted.
 Every command refuses a credential URL on its command line or in its composed config before doing any
 work, with a message that names the key but not the secret: credentials go in the environment
 (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS), which no output records.
-`redact` is applied where a command line or a config becomes text (the run dir's .lock, the torchrun command
-`python -m launch` prints and records), so a secret that slipped past still never reaches a file or a log.
+`redact` is applied where a command line or a config becomes text (the run dir's .lock, launch.json; every
+line `python -m launch` prints or logs goes through `RedactedStream`), so a secret that slipped past still
+never reaches a file or a log.
 
 The userinfo part runs from `scheme://` to the last `@` of the same whitespace-free token: an AWS secret may
 hold `/`, which would end a URL's host part early for `urllib.parse`.
