@@ -18,6 +18,7 @@ BENCHMARKS = (
     "documents",
     "sources",
     "parallel",
+    "plan",
 )
 
 

@@ -72,7 +72,7 @@ def _overrides(size: str, attention: str, compiled: bool, steps: int, user: list
     ]
 
 
-def _command(nproc: int, overrides: list[str]) -> list[str]:
+def train_command(nproc: int, overrides: list[str]) -> list[str]:
     if nproc == 0:
         return [sys.executable, "-m", "train", *overrides]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
@@ -87,7 +87,7 @@ def measure(size: str, attention: str, compiled: bool, args: argparse.Namespace,
     with torch.device("meta"):
         params = Transformer(cfg.model).num_params()
     result = Measurement(size, attention, compiled, params, flops_per_token(cfg.model, cfg.trainer.seq_len))
-    proc = subprocess.run(_command(args.nproc, overrides), cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(train_command(args.nproc, overrides), cwd=REPO, capture_output=True, text=True)
     (tmp / f"{label}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         last_lines = (proc.stdout + proc.stderr).strip().splitlines()[-3:]

@@ -15,7 +15,8 @@ from launch import sweep
 from launch.agent import run_agent
 from launch.command import train_overrides
 from launch.config import LaunchConfig
-from launch.nodes import gpus_present, plan_node
+from launch.nodes import gpus_present, parse_nproc, plan_node
+from launch.plan_gate import plan_refusal
 from launch.validate import validate_config
 
 EXIT_CODES: list[int] = []
@@ -56,8 +57,15 @@ def launch_task(cfg: DictConfig) -> int:
     except ValueError as exc:  # the model's own checks raise plain ValueError
         return _fail(ConfigError(str(exc)))
     overrides = train_overrides(task, extra)
+    launch_cfg: LaunchConfig = OmegaConf.to_object(cfg.launch)  # type: ignore[assignment]
+    gpus = gpus_present()
     if cfg.launch.kind == "slurm":
         from launch.slurm import submit
+
+        per_node = parse_nproc(launch_cfg.nproc_per_node) or launch_cfg.slurm.gpus_per_node
+        refusal = _plan(launch_cfg, overrides, launch_cfg.nnodes, per_node, gpus)
+        if refusal:
+            return _fail(refusal)
 
         job = submit(cfg, overrides)
         if job is None:  # dry run
@@ -69,12 +77,23 @@ def launch_task(cfg: DictConfig) -> int:
             return 0
         return _record(job.wait() if cfg.launch.slurm.wait else 0)
     # Resolve for this machine: the node plan above was checked with the GPUs found here.
-    launch_cfg: LaunchConfig = OmegaConf.to_object(cfg.launch)  # type: ignore[assignment]
-    node = plan_node(launch_cfg, gpus_present(), uses_cuda=cfg.trainer.device in ("auto", "cuda"))
+    node = plan_node(launch_cfg, gpus, uses_cuda=cfg.trainer.device in ("auto", "cuda"))
+    refusal = _plan(launch_cfg, overrides, node.nnodes, node.nproc_per_node, gpus)
+    if refusal:
+        return _fail(refusal)
     rc = run_agent(launch_cfg, node, overrides, Path(cfg.run.dir), cfg.run.name)
     if multirun and sweep.STATE is not None:
         sweep.STATE.exit_codes[hc.job.num] = rc
     return _record(rc)
+
+
+def _plan(
+    launch_cfg: LaunchConfig, overrides: list[str], nnodes: int, per_node: int, gpus: int
+) -> str | None:
+    """launch.plan: why the planner refuses this layout, or None (also when launch.plan=false)."""
+    if not launch_cfg.plan:
+        return None
+    return plan_refusal(launch_cfg, overrides, nnodes * per_node, per_node, gpus)
 
 
 def _record(rc: int) -> int:

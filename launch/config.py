@@ -69,3 +69,12 @@ class LaunchConfig:
     """Signal the trainer answers by checkpointing and exiting; forwarded to the ranks on pre-emption."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     """SLURM job options, used by launch=slurm."""
+    plan: bool = True
+    """Run the dry-run planner (python -m train.plan) first and refuse a layout whose peak memory per rank
+    does not fit its device; false launches without it."""
+    plan_device: str = "auto"
+    """The device the planner checks against: auto (this machine's GPU, or its RAM when it has none; a SLURM
+    job from a machine without GPUs is then not planned) or one of train.plan's table (h100-80gb, ...)."""
+    plan_memory_gib: float | None = None
+    """The memory per device the plan must fit, in GiB, instead of plan_device's (a MIG slice, memory kept
+    for something else); None: the device's."""

@@ -67,6 +67,11 @@ class ModelConfig:
     window start."""
     eot_token: int = -1
     """The end-of-text token id that ends each document (doc_mask); -1: training takes it from the dataset."""
+    loss_chunk_tokens: int = 0
+    """Training loss: 0 projects every token of a micro-batch to full-vocabulary logits at once; N > 0
+    projects and scores N tokens at a time, recomputing each chunk in the backward, so no more than N x vocab
+    logits exist at once (model/loss.py; same loss and gradients, one more LM-head matmul). Not part of the
+    model's maths: a resume may change it."""
 
 
 def _fail(field: str, value: object, expected: str) -> None:
@@ -134,6 +139,8 @@ def validate_model_config(cfg: ModelConfig) -> None:
         _fail(
             "doc_positions", cfg.doc_positions, "needs model.doc_mask=true (positions restart per document)"
         )
+    if not isinstance(cfg.loss_chunk_tokens, int) or cfg.loss_chunk_tokens < 0:
+        _fail("loss_chunk_tokens", cfg.loss_chunk_tokens, "must be 0 (whole logits) or a token count > 0")
     if not -1 <= cfg.eot_token < cfg.vocab_size:
         _fail("eot_token", cfg.eot_token, f"must be -1 (from the dataset) or in [0, {cfg.vocab_size})")
     if cfg.attention == "diff_v2" and cfg.pairing == "cross_group" and cfg.n_kv_heads < 2:

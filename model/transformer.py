@@ -30,6 +30,7 @@ from .flops import flops_per_token
 from .generate import generate
 from .kernel import flash_available
 from .kv_cache import KVCache, KVCaches
+from .loss import lm_cross_entropy
 from .rope import rope_tables
 from .variants import build_attention
 
@@ -110,12 +111,16 @@ class Transformer(nn.Module):
         tokens: torch.Tensor,
         caches: KVCaches | None = None,
         aux_losses: dict[str, torch.Tensor] | None = None,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, N, vocab] for tokens [B, N]; with `caches` (decoding) they follow the cached tokens, and
         with model.doc_mask the cached tokens' documents hold as in a full forward over all of them.
 
         `aux_losses`: a dict the feed-forward modules add their auxiliary losses to (none for dense SwiGLU;
-        the place a mixture of experts' balancing loss goes), for the trainer to add to the loss."""
+        the place a mixture of experts' balancing loss goes), for the trainer to add to the loss.
+        `targets` [B, N]: return the mean cross-entropy instead of the logits (fp32 scalar), chunked over
+        tokens per model.loss_chunk_tokens (model/loss.py); inside forward, so that FSDP's and DDP's hooks
+        see it."""
         n = tokens.shape[1]
         start = caches.pos if caches else 0
         if start + n > self.cfg.max_seq_len:
@@ -128,6 +133,12 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, rel_pos, caches[i] if caches else None, docs, aux_losses)
         h = self.norm(h)
+        if targets is not None:
+            return lm_cross_entropy(h, targets, self._project, self.cfg.loss_chunk_tokens)
+        return self._project(h)
+
+    def _project(self, h: torch.Tensor) -> torch.Tensor:
+        """The LM head; a module call when untied, so hooks on `output` (a tensor-parallel plan) run."""
         return F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
 
     def _documents(self, tokens: torch.Tensor, caches: KVCaches | None) -> tuple[Documents, torch.Tensor]:

@@ -37,8 +37,8 @@ from train.state import TrainState
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 CORRUPT_SUFFIX = ".corrupt"
 """checkpoint.fallback=true renames a corrupt checkpoint step_XXXXXXXX.corrupt: kept, never loaded."""
-RUNTIME_MODEL_FIELDS = ("attn_impl",)
-"""Model fields a resume may change: the kernel computes the same function."""
+RUNTIME_MODEL_FIELDS = ("attn_impl", "loss_chunk_tokens")
+"""Model fields a resume may change: the kernel (or the loss's chunking) computes the same function."""
 
 
 class CheckpointError(errors.CheckpointRefused, RuntimeError):

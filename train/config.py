@@ -16,7 +16,7 @@ Schedule = StrEnum("Schedule", ["cosine", "wsd", "constant"])
 # optim.fused stays a str field: YAML and Hydra read `true`/`false` as booleans, which Enums refuse.
 Fused = StrEnum("Fused", ["auto", "true", "false"])
 MixedPrecision = StrEnum("MixedPrecision", ["auto", "bf16", "fp32"])
-ActivationCheckpointing = StrEnum("ActivationCheckpointing", ["none", "full", "every_k"])
+ActivationCheckpointing = StrEnum("ActivationCheckpointing", ["none", "full", "every_k", "selective"])
 Backend = StrEnum("Backend", ["auto", "nccl", "gloo"])
 ShardedInit = StrEnum("ShardedInit", ["rank0", "sharded"])
 WandbMode = StrEnum("WandbMode", ["online", "offline", "disabled"])
@@ -130,7 +130,9 @@ class ParallelConfig:
     mixed_precision: MixedPrecision = MixedPrecision.auto
     """auto (bf16 params + fp32 reduce on CUDA, fp32 on CPU) | bf16 | fp32."""
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
-    """none | full | every_k."""
+    """none | full (every block recomputed in the backward) | every_k (one block in ac_every) | selective
+    (every block keeps its matmul and attention outputs and recomputes only the elementwise ops between
+    them: train/activation_checkpointing.py)."""
     ac_every: int = 2
     """every_k: checkpoint one block in this many."""
     compile: bool = False

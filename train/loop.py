@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
@@ -108,10 +107,9 @@ class RunResult:
 
 
 def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = model(inputs)
-    # Logits may come back in bf16; the softmax and the mean are taken in fp32. With TP they are
-    # vocab-sharded and the loss, replicated on the TP ranks, comes back as a plain tensor.
-    return _full(F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()))
+    """Mean cross-entropy in fp32; the model computes it (whole or chunked logits, model/loss.py). With TP the
+    logits are vocab-sharded and the loss, replicated on the TP ranks, comes back as a plain tensor."""
+    return _full(model(inputs, targets=targets))
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:

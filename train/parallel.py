@@ -18,7 +18,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
@@ -28,6 +27,7 @@ from torch.distributed.tensor.parallel import loss_parallel
 from torch.nn.parallel import DistributedDataParallel
 
 from model import ModelConfig, Transformer
+from train.activation_checkpointing import apply_activation_checkpointing
 from train.config import ParallelConfig
 from train.degrees import DIM_NAMES, ParallelDims, resolve_dims
 from train.tensor_parallel import apply_tensor_parallel, sum_tp_partial_grads
@@ -151,15 +151,6 @@ def autocast(pcfg: ParallelConfig, info: DistInfo) -> Iterator[None]:
         yield
 
 
-def _apply_activation_checkpointing(model: Transformer, pcfg: ParallelConfig) -> None:
-    if pcfg.activation_checkpointing == "none":
-        return
-    every = 1 if pcfg.activation_checkpointing == "full" else pcfg.ac_every
-    for i, block in enumerate(model.layers):
-        if i % every == 0:
-            model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
-
-
 def _apply_fsdp(model: Transformer, pcfg: ParallelConfig, info: DistInfo) -> None:
     dtype = param_dtype(pcfg, info.device)
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
@@ -204,7 +195,7 @@ def build_model(
     # the parallelised blocks, then FSDP over the data-parallel dims (2-D DTensors with TP).
     if dims.tp > 1:
         apply_tensor_parallel(model, info.mesh["tp"])
-    _apply_activation_checkpointing(model, pcfg)
+    apply_activation_checkpointing(model.layers, pcfg)
     if pcfg.compile:
         for block in model.layers:
             block.compile()  # in place: parameter names (and so checkpoints) do not change

@@ -30,6 +30,7 @@ TINY = [
     "data=stdlib_small",
     "wandb.mode=disabled",
     "checkpoint.export_safetensors=false",
+    "launch.plan=false",  # the planner's gate has its own test (tests/train/test_plan.py)
 ]
 
 

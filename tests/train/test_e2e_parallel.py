@@ -37,8 +37,10 @@ def test_grad_accumulation_matches_one_large_micro_batch(tmp_path, jobs, single_
     [
         ("parallel=ddp", "parallel.activation_checkpointing=every_k"),
         ("parallel=hsdp", "parallel.dp_replicate=2", "parallel.activation_checkpointing=full"),
+        ("parallel=fsdp", "model.loss_chunk_tokens=24"),
+        ("parallel=fsdp", "parallel.activation_checkpointing=selective"),
     ],
-    ids=["ddp-ac_every_k", "hsdp-ac_full"],
+    ids=["ddp-ac_every_k", "hsdp-ac_full", "fsdp-chunked_loss", "fsdp-ac_selective"],
 )
 def test_ddp_and_hsdp_with_checkpointed_blocks_match_single_process(tmp_path, jobs, single_accum2, overrides):
     jobs.train(tmp_path / "run", *overrides, "trainer.stop_at_step=4", nproc=2)

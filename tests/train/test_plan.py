@@ -1,0 +1,84 @@
+"""The dry-run planner (`python -m train.plan`) and the gate `python -m launch` puts in front of torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+MICRO = [
+    "model=micro",
+    "model.vocab_size=512",
+    "trainer.seq_len=64",
+    "trainer.micro_batch=4",
+    "trainer.global_batch_tokens=512",
+]
+
+
+def plan(jobs, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "train.plan", *MICRO, *args]
+    return subprocess.run(cmd, cwd=jobs.repo, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_plan_shards_parameters_and_optimizer_state_over_fsdp_ranks_and_times_the_step(jobs):
+    single = plan(jobs, "--world-size=1", "--device=h100-80gb", "--json")
+    fsdp = plan(jobs, "parallel=fsdp", "--world-size=2", "--device=h100-80gb", "--json")
+    assert single.returncode == 0, single.stderr
+    assert fsdp.returncode == 0, fsdp.stderr
+    one, two = json.loads(single.stdout), json.loads(fsdp.stdout)
+    assert one["fits"] and one["device"] == "H100 80GB" and one["world_size"] == 1
+    # bf16 on a GPU target, fp32 master weights: each FSDP rank holds about half (shards are padded)
+    for kind in ("params", "optimizer"):
+        assert two["memory"][kind] == pytest.approx(one["memory"][kind] / 2, rel=0.05), kind
+    assert two["memory"]["params_per_rank"] < 0.55 * one["memory"]["params_per_rank"]
+    assert 0 < one["memory"]["activations"] < one["memory"]["peak"]
+    # the same tokens per step on twice the devices: half the step time at the same MFU
+    assert two["step_s"] == pytest.approx(one["step_s"] / 2)
+    assert one["tokens_per_s"] == pytest.approx(512 / one["step_s"])
+
+
+def test_a_layout_that_does_not_fit_exits_3_and_names_the_knob_that_helps_most(jobs):
+    proc = plan(jobs, "--world-size=1", "--device=a100-40gb", "--memory-gib=0.002")
+    assert proc.returncode == 3, proc.stderr
+    assert "DOES NOT FIT" in proc.stdout
+    assert "helps most: parallel.activation_checkpointing=full" in proc.stdout
+
+
+def test_a_chunked_loss_plans_smaller_logits_buffers(jobs):
+    vocab = "model.vocab_size=4096"  # logits (256 tokens x 4096) well above the head's weight (4096 x 64)
+    whole = json.loads(plan(jobs, vocab, "--device=cpu", "--json").stdout)
+    chunked = json.loads(plan(jobs, vocab, "model.loss_chunk_tokens=32", "--device=cpu", "--json").stdout)
+    assert chunked["memory"]["loss_buffers"] < whole["memory"]["loss_buffers"] / 2
+    assert chunked["memory"]["peak"] < whole["memory"]["peak"]
+
+
+def test_bad_planner_options_are_refused_naming_them(jobs):
+    proc = plan(jobs, "--device=tpu-v9")
+    assert proc.returncode == 2
+    assert "--device 'tpu-v9' is not a known device" in proc.stderr
+
+
+@pytest.mark.usefixtures("data_root")
+def test_launch_refuses_a_layout_that_does_not_fit_unless_told_to_launch_anyway(tmp_path, jobs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "launch", *jobs.tiny, "trainer.max_steps=3", "checkpoint.enabled=false"]
+    tight = ["launch.nproc_per_node=1", "launch.plan_device=cpu", "launch.plan_memory_gib=0.002"]
+    refused = subprocess.run(
+        [*launch, *tight, f"run.dir={tmp_path / 'refused'}"],
+        cwd=jobs.repo, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert "DOES NOT FIT" in refused.stdout
+    assert "add launch.plan=false to launch anyway" in refused.stderr
+    assert not (tmp_path / "refused").exists()  # torchrun never started
+
+    forced = subprocess.run(
+        [*launch, *tight, "launch.plan=false", f"run.dir={tmp_path / 'forced'}"],
+        cwd=jobs.repo, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stderr
+    assert sorted(jobs.train_rows(tmp_path / "forced")) == [1, 2, 3]
