@@ -65,7 +65,7 @@ def launch_task(cfg: DictConfig) -> int:
         per_node = parse_nproc(launch_cfg.nproc_per_node) or launch_cfg.slurm.gpus_per_node
         refusal = _plan(launch_cfg, overrides, launch_cfg.nnodes, per_node, gpus)
         if refusal:
-            return _fail(refusal)
+            return _fail(ConfigError(refusal))
 
         job = submit(cfg, overrides)
         if job is None:  # dry run
@@ -80,7 +80,7 @@ def launch_task(cfg: DictConfig) -> int:
     node = plan_node(launch_cfg, gpus, uses_cuda=cfg.trainer.device in ("auto", "cuda"))
     refusal = _plan(launch_cfg, overrides, node.nnodes, node.nproc_per_node, gpus)
     if refusal:
-        return _fail(refusal)
+        return _fail(ConfigError(refusal))
     rc = run_agent(launch_cfg, node, overrides, Path(cfg.run.dir), cfg.run.name)
     if multirun and sweep.STATE is not None:
         sweep.STATE.exit_codes[hc.job.num] = rc
