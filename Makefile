@@ -2,43 +2,51 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per set of packages: training needs torch and the project's own dependencies; the tests add the
+# `dev` extra (pytest, ruff, moto, s3fs, transformers, lm-eval, submitit). Each is installed once, again when
+# pyproject.toml changes.
+TRAIN_STAMP := $(VENV)/.installed-train
+TEST_STAMP := $(VENV)/.installed-test
 # torch is pinned to the CPU build that lies on this machine's disk; GPU machines bring their own torch (>=2.11).
 TORCH ?= torch==2.13.0
 ARGS ?=
 
 .PHONY: setup train test test-fast lint format bench prepare results results-page clean
 
-setup: $(STAMP)
+setup: $(TRAIN_STAMP)
 
-$(STAMP): pyproject.toml
+$(TRAIN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+	$(BIN)/python -m pip install -q -e .
+	touch $(TRAIN_STAMP)
 
-train: setup
+$(TEST_STAMP): $(TRAIN_STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(TEST_STAMP)
+
+train: $(TRAIN_STAMP)
 	$(BIN)/python -m train $(ARGS)
 
-prepare: setup
+prepare: $(TRAIN_STAMP)
 	$(BIN)/python -m data.prepare $(ARGS)
 
-test: setup
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-test-fast: setup
+test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
-lint: setup
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: setup
+format: $(TEST_STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: setup
+bench: $(TRAIN_STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
 # The CPU study behind docs/results.md: diff_v2_vs_baseline and ablations (30 runs of 200 steps, 3 seeds each,
@@ -56,7 +64,7 @@ STUDY_ARGS := optim.lr=3e-3 trainer.log_interval=10
 STABILITY_ARGS := trainer.max_steps=80 optim.warmup_steps=8 trainer.eval_interval=0 trainer.diag_interval=0 \
 	trainer.log_interval=1
 
-results: setup
+results: $(TRAIN_STAMP)
 	$(BIN)/python -m data.prepare data=stdlib_small
 	for study in $(STUDIES); do OMP_NUM_THREADS=1 $(BIN)/python -m launch --multirun +experiment=$$study \
 		$(RESULTS_ARGS) $(STUDY_ARGS) hydra.sweep.dir=$(RESULTS_DIR)/$$study $(ARGS) \
@@ -64,11 +72,13 @@ results: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m launch --multirun +experiment=lr_stability $(RESULTS_ARGS) \
 		$(STABILITY_ARGS) hydra.sweep.dir=$(RESULTS_DIR)/lr_stability $(ARGS) \
 		|| echo "lr_stability: a trial failed; its row shows what it logged"
+	$(BIN)/python -m model.init_scale --out $(RESULTS_DIR)/lr_stability/init_scale.json \
+		$(RESULTS_DIR)/lr_stability/*/config.yaml
 	$(MAKE) results-page
 
 # Only the page: docs/results.md and docs/results/<study>/*.png from the runs in $(RESULTS_DIR).
-results-page: setup
-	$(BIN)/python -m launch.results --intro docs/results_intro.md --out docs/results.md \
+results-page: $(TRAIN_STAMP)
+	$(BIN)/python -m analysis.results --intro docs/results_intro.md --out docs/results.md \
 		$(addprefix $(RESULTS_DIR)/,$(STUDIES)) --stability $(RESULTS_DIR)/lr_stability
 
 clean:

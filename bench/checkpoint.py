@@ -23,12 +23,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from bench.config import compose_run_config
+from conf.schema import to_yaml
 from data import TokenLoader, ensure_dataset
 from data.spec import LoaderSpec
 from train.checkpoint import Checkpointer
 from train.checksums import verify_checksums, write_checksums
 from train.optim import LRSchedule, build_optimizer
 from train.parallel import build_model, from_rank0, init_distributed, shutdown_distributed
+from train.spikes import spike_counters
 from train.state import Counters, TrainState
 
 DEFAULTS = [
@@ -70,16 +72,16 @@ def main(argv: list[str] | None = None) -> None:
         inputs, targets = (x.to(info.device) for x in next(loader))
         F.cross_entropy(model(inputs).float().flatten(0, 1), targets.flatten()).backward()
         optimizer.step()  # AdamW's moments exist only after a step: checkpoints carry them
-        state = TrainState(model, optimizer, schedule, loader, Counters(step=1))
+        state = TrainState(model, optimizer, schedule, loader, Counters(*spike_counters(t), step=1))
 
         with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as own_tmp:
             root = Path(from_rank0(own_tmp, info)) / "checkpoints"  # rank 0's: every rank writes there
-            checkpointer = Checkpointer(cfg.checkpoint, root, info)
+            checkpointer = Checkpointer(cfg.checkpoint, root, info, to_yaml(cfg))
             blocking, async_wait, async_total, load, verify, checksum = [], [], [], [], [], []
             for i in range(ROUNDS):
-                blocking.append(_timed(lambda i=i: checkpointer.save(state, 2 * i + 1, "", block=True)))
+                blocking.append(_timed(lambda i=i: checkpointer.save(state, 2 * i + 1, block=True)))
                 start = time.perf_counter()
-                checkpointer.save(state, 2 * i + 2, "")
+                checkpointer.save(state, 2 * i + 2)
                 async_wait.append(time.perf_counter() - start)
                 checkpointer.wait()
                 async_total.append(time.perf_counter() - start)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from conf import attention_presets
 from model import Transformer
-from model.summary import preset_configs
 
 VARIANTS = ("baseline", "baseline_2h", "diff_v2")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -65,7 +65,7 @@ def bench(
     dtype: torch.dtype,
 ) -> dict[str, dict[str, float]]:
     """Median prefill and decode tokens/s per variant at one batch size."""
-    configs = preset_configs(size)
+    configs = attention_presets(size)
     models = {}
     for name in VARIANTS:
         torch.manual_seed(0)

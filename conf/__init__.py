@@ -5,7 +5,15 @@
 data, train, launch and bench use this layer for the whole run's config; none imports another's for it.
 """
 
-from conf.compose import CONF_DIR, compose, compose_run_config, hydra_session, validated
+from conf.compose import (
+    CONF_DIR,
+    attention_presets,
+    compose,
+    compose_run_config,
+    hydra_session,
+    validate_run_config,
+    validated,
+)
 from conf.schema import ConfigError, RunConfig, UnknownConfigKey, register_configs
 
 __all__ = [
@@ -13,9 +21,11 @@ __all__ = [
     "ConfigError",
     "RunConfig",
     "UnknownConfigKey",
+    "attention_presets",
     "compose",
     "compose_run_config",
     "hydra_session",
     "register_configs",
+    "validate_run_config",
     "validated",
 ]

@@ -14,7 +14,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from conf.schema import ConfigError, RunConfig, check_known_keys, register_configs
+from conf.schema import ConfigError, RunConfig, check_choices, check_known_keys, register_configs
+from data.config import validate_data_config
+from model.config import ModelConfig, validate_model_config
+from train.config import validate_train_config
 
 CONF_DIR = Path(__file__).resolve().parent
 """conf/: config.yaml and the preset groups."""
@@ -52,12 +55,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), return_hydra_config: bo
 
 
 def validated(cfg: DictConfig, world_size: int) -> RunConfig:
-    """The typed, checked RunConfig of a composed config at this world size; raises ConfigError (or the
-    model's ValueError) naming the first key or value that cannot run."""
-    from data.config import validate_data_config
-    from model.config import validate_model_config
-    from train.validate import validate_run_config
-
+    """The typed, checked RunConfig of a composed config at this world size; raises ConfigError naming the
+    first key or value that cannot run."""
     if "hydra" in cfg:  # composed with return_hydra_config: Hydra's own node is not part of the run
         cfg = cfg.copy()
         with open_dict(cfg):
@@ -67,10 +66,28 @@ def validated(cfg: DictConfig, world_size: int) -> RunConfig:
         run_cfg: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # resolves, type-checks
     except OmegaConfBaseException as err:
         raise ConfigError(str(err)) from err
-    validate_model_config(run_cfg.model)
-    validate_data_config(run_cfg.data)
     validate_run_config(run_cfg, world_size)
     return run_cfg
+
+
+def validate_run_config(cfg: RunConfig, world_size: int) -> None:
+    """Each section's own checks, the arguments they need from other sections passed in; raises ConfigError
+    on the first value that cannot run at this world size."""
+    # A RunConfig built in Python has not been through OmegaConf's Enum check; model.config checks its own
+    # choices (a ModelConfig is also built in Python alone, for Transformer(cfg)).
+    check_choices(cfg, skip=("model",))
+    validate_model_config(cfg.model)
+    validate_data_config(cfg.data)
+    validate_train_config(cfg.trainer, cfg.optim, cfg.parallel, cfg.checkpoint, cfg.model, world_size)
+
+
+def attention_presets(size: str) -> dict[str, ModelConfig]:
+    """Attention preset name -> the ModelConfig of `model=<size> attention=<preset>` as `python -m train`
+    composes it, by preset name (python -m model.summary, bench.decode)."""
+    if not (CONF_DIR / "model" / f"{size}.yaml").exists():
+        raise FileNotFoundError(f"{CONF_DIR / 'model' / size}.yaml: no such size preset")
+    names = sorted(p.stem for p in (CONF_DIR / "attention").glob("*.yaml"))
+    return {n: OmegaConf.to_object(compose([f"model={size}", f"attention={n}"]).model) for n in names}
 
 
 def compose_run_config(overrides: list[str] | tuple[str, ...] = (), world_size: int = 1) -> RunConfig:

@@ -66,8 +66,11 @@ def check_known_keys(cfg: DictConfig, schema: type = RunConfig, prefix: str = ""
                 f"{full} is not a config key (a `+` override added it, and it would be ignored); "
                 f"{prefix.rstrip('.') or 'the config'} has: {', '.join(sorted(known))}"
             )
-        node = cfg._get_node(key)  # noqa: SLF001 - the raw node: no interpolation is resolved here
-        if not isinstance(node, DictConfig) or node._is_missing():
+        # An interpolation or a missing value is not a mapping of keys to check (and is not resolved here).
+        if OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(cfg, key):
+            continue
+        node = cfg[key]
+        if not isinstance(node, DictConfig):
             continue
         hint = hints[str(key)]
         if dataclasses.is_dataclass(hint):
@@ -77,14 +80,17 @@ def check_known_keys(cfg: DictConfig, schema: type = RunConfig, prefix: str = ""
                 check_known_keys(node[name], typing.get_args(hint)[1], f"{full}.{name}.")
 
 
-def check_choices(obj: Any, prefix: str = "") -> None:
-    """Raises ConfigError for an Enum field holding a value its Enum does not list.
+def check_choices(obj: Any, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Raises ConfigError for an Enum field holding a value its Enum does not list (fields named in `skip`
+    are left to their own section's check).
 
     OmegaConf already checks Enum fields of a composed config; this covers configs built in Python
     (`RunConfig()` with a field set by hand), so both paths give the same message."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value, hint = getattr(obj, f.name), hints[f.name]
+        if f.name in skip:
+            continue
         if dataclasses.is_dataclass(value):
             check_choices(value, f"{prefix}{f.name}.")
         elif isinstance(hint, type) and issubclass(hint, enum.Enum) and not isinstance(value, hint):

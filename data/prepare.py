@@ -346,20 +346,6 @@ def prepare_to_url(cfg: DataConfig) -> Path:
     return Path(local.dir)
 
 
-def _compose(overrides: list[str]) -> DataConfig:
-    """cfg.data of the one config tree (conf/config.yaml) with the command line's overrides applied; a
-    credential URL in the overrides or the composed config is refused before anything is read or written."""
-    from omegaconf import OmegaConf
-
-    from conf import compose
-    from data.credentials import refuse_in_args, refuse_in_config
-
-    refuse_in_args(overrides)  # before composing: a bad key's error would repeat the override's value
-    data = compose(overrides).data
-    refuse_in_config(OmegaConf.to_container(data, resolve=True))
-    return OmegaConf.to_object(data)
-
-
 @errors.reports_errors
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
@@ -370,7 +356,18 @@ def main(argv: list[str] | None = None) -> None:
             "  python -m data.prepare data=fineweb_edu data.source.max_docs=100000"
         )
         return
-    cfg = _compose(args)
+    # The command composes the whole config (conf/config.yaml plus the command line) and keeps cfg.data:
+    # data/ itself knows only its own section (tests/test_layers.py names this function as a command). A
+    # credential URL in the overrides or the composed config is refused before anything is read or written.
+    from omegaconf import OmegaConf
+
+    from conf import compose
+    from data.credentials import refuse_in_args, refuse_in_config
+
+    refuse_in_args(args)  # before composing: a bad key's error would repeat the override's value
+    data = compose(args).data
+    refuse_in_config(OmegaConf.to_container(data, resolve=True))
+    cfg: DataConfig = OmegaConf.to_object(data)  # type: ignore[assignment]
     if is_url(cfg.dir):  # object storage: prepare locally, then upload (data/upload.py)
         prepare_to_url(cfg)
     else:

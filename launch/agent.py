@@ -14,9 +14,9 @@ from data.credentials import redact
 from errors import EXIT_FILE_ENV
 from launch.command import torchrun_command
 from launch.config import LaunchConfig
-from launch.metrics import STATUS_FILE
 from launch.nodes import NodePlan
 from launch.process import LaunchStopped, run_torchrun
+from launch.summary import STATUS_FILE
 
 
 def write_status(run_dir: Path, status: dict) -> None:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from errors import ConfigError, ProjectError, report_and_exit
 from launch.command import is_launch_override, override_key
-from launch.metrics import format_table, summarize
+from launch.summary import format_table, summarize
 
 
 @dataclass

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
+from errors import ConfigError
+
 # The choice fields' allowed values; OmegaConf refuses any other value, naming these.
 Attention = StrEnum("Attention", ["baseline", "diff_v1", "diff_v2"])
 Pairing = StrEnum("Pairing", ["grouped", "cross_group"])
@@ -76,7 +78,7 @@ class ModelConfig:
 
 def _fail(field: str, value: object, expected: str) -> None:
     value = value.value if isinstance(value, Enum) else value  # 'diff_v1', not <Attention.diff_v1: ...>
-    raise ValueError(f"model.{field}={value!r} {expected}")
+    raise ConfigError(f"model.{field}={value!r} {expected}")
 
 
 def baseline_heads(cfg: ModelConfig) -> int:
@@ -85,7 +87,7 @@ def baseline_heads(cfg: ModelConfig) -> int:
 
 
 def validate_model_config(cfg: ModelConfig) -> None:
-    """Raises ValueError on the first value that cannot build a model, naming the field and what it needs."""
+    """Raises ConfigError on the first value that cannot build a model, naming the field and what it needs."""
     for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden"):
         value = getattr(cfg, field)
         if not isinstance(value, int) or value <= 0:
@@ -107,9 +109,23 @@ def validate_model_config(cfg: ModelConfig) -> None:
     if cfg.head_dim % 2:
         _fail("head_dim", cfg.head_dim, "must be even: rotary embeddings rotate pairs of channels")
     if cfg.n_heads % cfg.n_kv_heads:
-        raise ValueError(
+        raise ConfigError(
             f"model.n_heads={cfg.n_heads} must be divisible by model.n_kv_heads={cfg.n_kv_heads} (GQA groups)"
         )
+    _check_variant(cfg)
+    if cfg.doc_positions and not cfg.doc_mask:
+        _fail(
+            "doc_positions", cfg.doc_positions, "needs model.doc_mask=true (positions restart per document)"
+        )
+    if not isinstance(cfg.loss_chunk_tokens, int) or cfg.loss_chunk_tokens < 0:
+        _fail("loss_chunk_tokens", cfg.loss_chunk_tokens, "must be 0 (whole logits) or a token count > 0")
+    if not -1 <= cfg.eot_token < cfg.vocab_size:
+        _fail("eot_token", cfg.eot_token, f"must be -1 (from the dataset) or in [0, {cfg.vocab_size})")
+
+
+def _check_variant(cfg: ModelConfig) -> None:
+    """The attention variant's own constraints: ablation fields only with DIFF V2, the baseline's head factor,
+    DIFF V1's even head counts, a cross-group pairing with groups to cross."""
     if cfg.attention != "diff_v2":
         for field, default in (("pairing", "grouped"), ("lambda_mode", "sigmoid")):
             if getattr(cfg, field) != default:
@@ -131,18 +147,10 @@ def validate_model_config(cfg: ModelConfig) -> None:
                 f"model.n_kv_heads={cfg.n_kv_heads}",
             )
     if cfg.attention == "diff_v1" and (cfg.n_heads % 2 or cfg.n_kv_heads % 2):
-        raise ValueError(
+        raise ConfigError(
             f"model.attention='diff_v1' needs even model.n_heads={cfg.n_heads} and model.n_kv_heads="
             f"{cfg.n_kv_heads}: V1 splits them into h/2 differential heads of two sub-heads each"
         )
-    if cfg.doc_positions and not cfg.doc_mask:
-        _fail(
-            "doc_positions", cfg.doc_positions, "needs model.doc_mask=true (positions restart per document)"
-        )
-    if not isinstance(cfg.loss_chunk_tokens, int) or cfg.loss_chunk_tokens < 0:
-        _fail("loss_chunk_tokens", cfg.loss_chunk_tokens, "must be 0 (whole logits) or a token count > 0")
-    if not -1 <= cfg.eot_token < cfg.vocab_size:
-        _fail("eot_token", cfg.eot_token, f"must be -1 (from the dataset) or in [0, {cfg.vocab_size})")
     if cfg.attention == "diff_v2" and cfg.pairing == "cross_group" and cfg.n_kv_heads < 2:
         _fail(
             "pairing",

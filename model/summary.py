@@ -76,20 +76,6 @@ def summarize_model(preset: str, cfg: ModelConfig, seq_len: int, dtype_bytes: in
     return Summary(preset, params, flops_per_token(cfg, seq_len), kv)
 
 
-def preset_configs(size: str) -> dict[str, ModelConfig]:
-    """Attention preset name -> the ModelConfig of `model=<size> attention=<preset>`, composed by the config
-    layer (conf/) as `python -m train` would. Imported here, not at the top: model/ itself needs no conf."""
-    from omegaconf import OmegaConf
-
-    from conf import CONF_DIR, compose
-
-    if not (CONF_DIR / "model" / f"{size}.yaml").exists():
-        raise FileNotFoundError(f"{CONF_DIR / 'model' / size}.yaml: no such size preset")
-    names = sorted(p.stem for p in (CONF_DIR / "attention").glob("*.yaml"))
-    names = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
-    return {n: OmegaConf.to_object(compose([f"model={size}", f"attention={n}"]).model) for n in names}
-
-
 def _si(value: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if value >= scale:
@@ -136,11 +122,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bf16", help="KV-cache element type")
     args = parser.parse_args(argv)
+    # The command composes each preset from conf/ as `python -m train` would; model/ itself needs no conf
+    # (tests/test_layers.py names this function as a command).
+    from conf import attention_presets
+
     try:
-        configs = preset_configs(args.size)
+        composed = attention_presets(args.size)
     except FileNotFoundError as exc:
         print(f"model.summary: error: {exc}", file=sys.stderr)
         return 2
+    configs = {n: composed[n] for n in ORDER if n in composed} | composed
     any_cfg = next(iter(configs.values()))
     seq_len = args.seq_len or any_cfg.max_seq_len
     summaries = [summarize_model(n, c, seq_len, DTYPE_BYTES[args.dtype]) for n, c in configs.items()]

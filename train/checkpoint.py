@@ -149,8 +149,9 @@ def _clone_cpu_tensors(obj: Any) -> Any:
 
 
 class Checkpointer:
-    def __init__(self, cfg: CheckpointConfig, root: Path, info: DistInfo) -> None:
-        self.cfg, self.root, self.info = cfg, root, info
+    def __init__(self, cfg: CheckpointConfig, root: Path, info: DistInfo, config_yaml: str) -> None:
+        """config_yaml: the run's resolved config, written once into every checkpoint as config.yaml."""
+        self.cfg, self.root, self.info, self.config_yaml = cfg, root, info, config_yaml
         # Async writes use their own gloo group: on the default group their collectives would interleave
         # with FSDP's and deadlock.
         self.group = dist.new_group(backend="gloo") if cfg.async_save and cfg.enabled else None
@@ -161,20 +162,20 @@ class Checkpointer:
         self.last_saved: int | None = None
         """The step of the latest save started (or loaded), so the end of a run does not save it twice."""
 
-    def save_if_due(self, state: TrainState, step: int, config_yaml: str, max_steps: int) -> None:
+    def save_if_due(self, state: TrainState, step: int, max_steps: int) -> None:
         """The interval save: every checkpoint.interval steps (in the background with async_save), except at
         max_steps, which save_final writes blocking. Also publishes a background save that has finished."""
         if self.cfg.interval and step % self.cfg.interval == 0 and step < max_steps:
-            self.save(state, step, config_yaml)
+            self.save(state, step)
         self.poll()
 
-    def save_final(self, state: TrainState, step: int, config_yaml: str) -> None:
+    def save_final(self, state: TrainState, step: int) -> None:
         """The end of a run: saves `step` unless it is saved already, and waits for every background save."""
         if self.last_saved != step:
-            self.save(state, step, config_yaml, block=True)
+            self.save(state, step, block=True)
         self.wait()
 
-    def save(self, state: TrainState, step: int, config_yaml: str, block: bool = False) -> None:
+    def save(self, state: TrainState, step: int, block: bool = False) -> None:
         """Writes step_<step>; with async_save returns once the state is copied, and publishes later.
         With checkpoint.enabled=false it writes nothing."""
         if not self.cfg.enabled:
@@ -196,12 +197,12 @@ class Checkpointer:
                 self._refuse(err, tmp)
             if self.publisher is not None and self.info.is_main:
                 # The coordinator (rank 0) finishes only after every rank's shards are written.
-                future = self.publisher.submit(self._publish_when_written, future, tmp, final, config_yaml)
+                future = self.publisher.submit(self._publish_when_written, future, tmp, final)
             self.pending = (future, tmp)
             return
         try:
             dcp.save({"app": state}, checkpoint_id=str(tmp))
-            self._publish(tmp, final, config_yaml)
+            self._publish(tmp, final)
         except (Exception, CheckpointException) as err:  # DCP's is a BaseException
             self._refuse(err, tmp)
         dist.barrier()
@@ -222,9 +223,9 @@ class Checkpointer:
         except (Exception, CheckpointException) as err:  # DCP's is a BaseException
             self._refuse(err, tmp)
 
-    def _publish_when_written(self, written: Future, tmp: Path, final: Path, config_yaml: str) -> None:
+    def _publish_when_written(self, written: Future, tmp: Path, final: Path) -> None:
         written.result()
-        self._publish(tmp, final, config_yaml)
+        self._publish(tmp, final)
 
     def _refuse(self, err: BaseException, tmp: Path) -> None:
         """Removes the partial tmp dir, then re-raises err: as a StorageError when the disk refused the
@@ -237,10 +238,10 @@ class Checkpointer:
             raise refused from None
         raise err
 
-    def _publish(self, tmp: Path, final: Path, config_yaml: str) -> None:
+    def _publish(self, tmp: Path, final: Path) -> None:
         if not self.info.is_main:
             return
-        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "config.yaml").write_text(self.config_yaml)
         write_checksums(tmp)
         if final.exists():
             shutil.rmtree(final)

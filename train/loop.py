@@ -11,7 +11,6 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,18 +19,16 @@ from torch.distributed.tensor import DTensor
 
 import errors
 from conf import RunConfig
+from model import Transformer
 from model.diagnostics import DiagnosticsRecorder
 from train.checkpoint import Checkpointer
 from train.debug import FaultInjector
 from train.downstream import DownstreamEval
 from train.metrics import MetricsLogger, Row
-from train.optim import LRSchedule
 from train.parallel import DistInfo, autocast, finish_gradients, grad_sync, loss_context
 from train.signals import StopRequest
-from train.state import Counters, TrainState
+from train.state import Batch, Loader, TrainState
 from train.throughput import mfu, peak_flops, peak_memory_gb
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class TrainingDiverged(errors.Diverged, RuntimeError):
@@ -40,24 +37,18 @@ class TrainingDiverged(errors.Diverged, RuntimeError):
 
 @dataclass(kw_only=True)
 class LoopParts:
-    """What the loop drives; built by train.run."""
+    """What the loop drives besides the saved state; built by train.run."""
 
     cfg: RunConfig
     info: DistInfo
-    model: nn.Module
-    """The wrapped model (FSDP / DDP / plain) the loop calls."""
-    raw_model: nn.Module
-    """The Transformer inside it: flops_per_token, diagnostics."""
-    optimizer: torch.optim.Optimizer
-    schedule: LRSchedule
-    train_loader: Any
-    val_loader: Any
-    counters: Counters
     state: TrainState
+    """The wrapped model, optimizer, LR schedule, train loader and counters: what a checkpoint holds."""
+    raw_model: Transformer
+    """The Transformer inside state.model: flops_per_token, diagnostics."""
+    val_loader: Loader
     checkpointer: Checkpointer
     logger: MetricsLogger
     grad_accum: int
-    config_yaml: str
     downstream: DownstreamEval | None = None
     """trainer.downstream_tasks, when trainer.downstream_interval is set."""
 
@@ -124,7 +115,7 @@ class Trainer:
         self.stop = StopRequest()
         self.faults = FaultInjector(parts.cfg.debug, parts.info.rank)
         # The loader yields endlessly (epoch after epoch); the loop bounds it by trainer.max_steps.
-        self._batches: Iterator[Batch] = iter(parts.train_loader)
+        self._batches: Iterator[Batch] = iter(parts.state.loader)
         self.peak = peak_flops(self.device, self.cfg.trainer.peak_tflops)
         self.flops_per_token = parts.raw_model.flops_per_token(self.cfg.trainer.seq_len)
         self.last_batch: Batch | None = None
@@ -142,13 +133,13 @@ class Trainer:
     def train_step(self, step: int) -> StepResult:
         """One optimizer step over grad_accum micro-batches, the same result on all ranks."""
         parts, trainer = self.parts, self.cfg.trainer
-        lr = parts.schedule.apply()
+        lr = parts.state.schedule.apply()
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(parts.grad_accum):
             inputs, targets = self._next_batch()
-            with grad_sync(parts.model, micro == parts.grad_accum - 1), loss_context(self.info):
+            with grad_sync(parts.state.model, micro == parts.grad_accum - 1), loss_context(self.info):
                 with autocast(self.cfg.parallel, self.info):
-                    loss = self.faults.loss(lm_loss(parts.model, inputs, targets), step)
+                    loss = self.faults.loss(lm_loss(parts.state.model, inputs, targets), step)
                 (loss / parts.grad_accum).backward()
             loss_sum += loss.detach()
         # One all-reduce carries the loss and whether any rank was asked to stop.
@@ -168,26 +159,26 @@ class Trainer:
                 f"{parts.checkpointer.root}"
             )
         max_norm = trainer.grad_clip if trainer.grad_clip > 0 else math.inf
-        grad_norm = finish_gradients(parts.model, self.info, max_norm)
-        parts.optimizer.step()
-        parts.optimizer.zero_grad(set_to_none=True)
+        grad_norm = finish_gradients(parts.state.model, self.info, max_norm)
+        parts.state.optimizer.step()
+        parts.state.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss_value, grad_norm, lr)
 
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss over trainer.eval_batches micro-batches per rank of the val split, from its start."""
         parts = self.parts
-        parts.model.eval()
+        parts.state.model.eval()
         parts.val_loader.reset()
         totals = torch.zeros(2, device=self.device)
         for i, (inputs, targets) in enumerate(parts.val_loader):
             if i >= self.cfg.trainer.eval_batches:
                 break
             with autocast(self.cfg.parallel, self.info), loss_context(self.info):
-                totals[0] += lm_loss(parts.model, inputs.to(self.device), targets.to(self.device))
+                totals[0] += lm_loss(parts.state.model, inputs.to(self.device), targets.to(self.device))
             totals[1] += 1
         dist.all_reduce(totals)
-        parts.model.train()
+        parts.state.model.train()
         return (totals[0] / totals[1].clamp(min=1)).item()
 
     @torch.no_grad()
@@ -196,12 +187,12 @@ class Trainer:
         inputs, _ = self.last_batch
         recorder = DiagnosticsRecorder(self.parts.raw_model, self.cfg.trainer.diag_sequences)
         with recorder as rec, autocast(self.cfg.parallel, self.info):
-            self.parts.model(inputs)
+            self.parts.state.model(inputs)
         return rec.summary()
 
     def _train_row(self, step: int, result: StepResult) -> Row:
         """The metrics row of a logged step; throughput covers the steps since the previous row."""
-        counters = self.parts.counters
+        counters = self.parts.state.counters
         tokens_per_s = self._window_tokens / self._window_s
         per_device = tokens_per_s / self.info.world_size
         self._window_tokens, self._window_s = 0, 0.0
@@ -220,7 +211,7 @@ class Trainer:
             "grad_spike": counters.grad_spikes.take_pending(),
             "loss_spikes": counters.loss_spikes.count,
             "grad_spikes": counters.grad_spikes.count,
-            **self.parts.train_loader.metrics(),  # a mixture's tokens and epochs per source
+            **self.parts.state.loader.metrics(),  # a mixture's tokens and epochs per source
         }
 
     def _stop_reason(self, step: int) -> str | None:
@@ -233,7 +224,7 @@ class Trainer:
     def _after_step(self, step: int, result: StepResult, first_step: int) -> Row | None:
         """Counters, spikes and the step's rows (metrics, diagnostics, validation); returns the metrics row
         when this step logs one."""
-        parts, trainer, counters = self.parts, self.cfg.trainer, self.parts.counters
+        parts, trainer, counters = self.parts, self.cfg.trainer, self.parts.state.counters
         counters.step, counters.tokens_seen = step, counters.tokens_seen + trainer.global_batch_tokens
         self._window_tokens += trainer.global_batch_tokens
         counters.loss_spikes.update(result.loss)
@@ -252,12 +243,12 @@ class Trainer:
 
     def run(self) -> RunResult:
         """Trains to trainer.max_steps, or until a stop signal or trainer.stop_at_step (checkpointed)."""
-        parts, trainer, counters = self.parts, self.cfg.trainer, self.parts.counters
+        parts, trainer, counters = self.parts, self.cfg.trainer, self.parts.state.counters
         checkpointer, state = parts.checkpointer, parts.state
         started, first_step = time.perf_counter(), counters.step + 1
         last_row: Row = {}
         self.stop.install()
-        parts.model.train()
+        parts.state.model.train()
         try:
             while counters.step < trainer.max_steps:
                 step = counters.step + 1
@@ -268,15 +259,15 @@ class Trainer:
                 last_row = self._after_step(step, result, first_step) or last_row
                 stop_reason = self._stop_reason(step)
                 if stop_reason is not None:
-                    checkpointer.save(state, step, parts.config_yaml, block=True)
+                    checkpointer.save(state, step, block=True)
                     if self.info.is_main:
                         saved = "checkpoint saved" if self.cfg.checkpoint.enabled else "checkpoints off"
                         print(f"stopped by {stop_reason} at step {step}: {saved}", flush=True)
                     return RunResult(step=step, stopped_by=stop_reason)
-                checkpointer.save_if_due(state, step, parts.config_yaml, trainer.max_steps)
+                checkpointer.save_if_due(state, step, trainer.max_steps)
             val_loss = self.evaluate()
             parts.logger.log({"step": counters.step, "val_loss": val_loss})
-            checkpointer.save_final(state, counters.step, parts.config_yaml)
+            checkpointer.save_final(state, counters.step)
         finally:
             self.stop.uninstall()
         return RunResult(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from pathlib import Path
 
@@ -14,7 +15,11 @@ from conf import RunConfig
 from data.build import build_loader, ensure_data
 from data.loader import StreamLoader
 from data.spec import LoaderSpec
+from errors import ConfigError
+from model.config import ModelConfig
 from train.checkpoint import Checkpointer, complete_checkpoints
+from train.config import grad_accum_steps
+from train.downstream import DownstreamEval
 from train.export import export_model
 from train.loop import LoopParts, RunResult, Trainer, TrainingDiverged
 from train.metrics import ConsoleSink, JsonlSink, MetricsLogger, Sink, WandbSink
@@ -23,7 +28,6 @@ from train.parallel import DistInfo, build_model, from_rank0, init_distributed, 
 from train.rundir import choose_resume, hold_run_dir, rank0_decides
 from train.spikes import spike_counters
 from train.state import Counters, TrainState
-from train.validate import ConfigError, grad_accum_steps
 
 
 class DatasetUnavailable(errors.DatasetUnavailable, RuntimeError):
@@ -74,7 +78,7 @@ def _loader(cfg: RunConfig, info: DistInfo, split: str) -> StreamLoader:
 
 
 def _build_logger(
-    cfg: RunConfig, info: DistInfo, run_dir: Path, counters: Counters, start_step: int
+    cfg: RunConfig, info: DistInfo, run_dir: Path, wandb_id: str, start_step: int
 ) -> MetricsLogger:
     if not info.is_main:
         return MetricsLogger([])
@@ -84,7 +88,7 @@ def _build_logger(
     ]
     if cfg.wandb.mode != "disabled":
         config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
-        sinks.append(WandbSink(cfg.wandb, cfg.run.name, run_dir, counters.wandb_id, config))
+        sinks.append(WandbSink(cfg.wandb, cfg.run.name, run_dir, wandb_id, config))
     return MetricsLogger(sinks)
 
 
@@ -96,6 +100,31 @@ def run_training(cfg: RunConfig, config_yaml: str) -> RunResult:
             return _run(cfg, config_yaml, info)
     finally:
         shutdown_distributed()
+
+
+def _model_config_from_data(model: ModelConfig, eot_token: int) -> ModelConfig:
+    """The model section with what the data decides filled in (the end-of-text token that ends documents,
+    for model.doc_mask), as a new ModelConfig: the validated run config is never edited. The model built
+    from it validates it again."""
+    if not model.doc_mask:
+        return model
+    if model.eot_token >= 0 and model.eot_token != eot_token:
+        raise ConfigError(
+            f"model.eot_token={model.eot_token} but the dataset's tokenizer ends documents with "
+            f"{eot_token}; leave model.eot_token=-1 to take it from the dataset"
+        )
+    return dataclasses.replace(model, eot_token=eot_token)
+
+
+def _downstream_eval(cfg: RunConfig, eot_token: int) -> DownstreamEval | None:
+    """trainer.downstream_tasks scored every trainer.downstream_interval steps; None when either is unset."""
+    t = cfg.trainer
+    if not (t.downstream_interval and t.downstream_tasks):
+        return None
+    from data.tokenizer import load_tokenizer
+
+    enc = load_tokenizer(cfg.data.tokenizer)
+    return DownstreamEval(list(t.downstream_tasks), enc.encode_ordinary, eot_token)
 
 
 def _build_parts(
@@ -112,62 +141,48 @@ def _build_parts(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's vocabulary "
             f"({train_loader.vocab_size}, data.tokenizer); raise model.vocab_size"
         )
-    if cfg.model.doc_mask:  # documents end at the dataset's end-of-text token
-        if cfg.model.eot_token < 0:
-            cfg.model.eot_token = train_loader.eot_token
-        elif cfg.model.eot_token != train_loader.eot_token:
-            raise ConfigError(
-                f"model.eot_token={cfg.model.eot_token} but the dataset's tokenizer ends documents with "
-                f"{train_loader.eot_token}; leave model.eot_token=-1 to take it from the dataset"
-            )
-    model, raw_model = build_model(cfg.model, cfg.parallel, info, cfg.run.seed)
+    model_cfg = _model_config_from_data(cfg.model, train_loader.eot_token)
+    model, raw_model = build_model(model_cfg, cfg.parallel, info, cfg.run.seed)
     optimizer = build_optimizer(model, cfg.optim, info.device)
     schedule = LRSchedule(optimizer, cfg.optim, t.max_steps)
     loss_spikes, grad_spikes = spike_counters(t)
-    counters = Counters(config_yaml=config_yaml, loss_spikes=loss_spikes, grad_spikes=grad_spikes)
     state = TrainState(
-        model, optimizer, schedule, train_loader, counters, cfg.data.allow_fingerprint_mismatch
+        model,
+        optimizer,
+        schedule,
+        train_loader,
+        Counters(loss_spikes=loss_spikes, grad_spikes=grad_spikes),
+        allow_fingerprint_mismatch=cfg.data.allow_fingerprint_mismatch,
     )
-    checkpointer = Checkpointer(cfg.checkpoint, run_dir / "checkpoints", info)
+    checkpointer = Checkpointer(cfg.checkpoint, run_dir / "checkpoints", info, config_yaml)
     resume = rank0_decides(lambda: choose_resume(cfg, config_yaml), info)
     if resume is not None:
         checkpointer.load(state, resume)
-        counters.config_yaml = config_yaml  # later checkpoints carry the config they were written under
-    if not counters.wandb_id:
-        counters.wandb_id = from_rank0(secrets.token_hex(4), info)
-    downstream = None
-    if t.downstream_interval and t.downstream_tasks:
-        from data.tokenizer import load_tokenizer
-        from train.downstream import DownstreamEval
-
-        enc = load_tokenizer(cfg.data.tokenizer)
-        downstream = DownstreamEval(list(t.downstream_tasks), enc.encode_ordinary, train_loader.eot_token)
+    if not state.wandb_id:
+        state.wandb_id = from_rank0(secrets.token_hex(4), info)
     parts = LoopParts(
         cfg=cfg,
         info=info,
-        model=model,
-        raw_model=raw_model,
-        optimizer=optimizer,
-        schedule=schedule,
-        train_loader=train_loader,
-        val_loader=val_loader,
-        counters=counters,
         state=state,
+        raw_model=raw_model,
+        val_loader=val_loader,
         checkpointer=checkpointer,
-        logger=_build_logger(cfg, info, run_dir, counters, counters.step),
-        grad_accum=grad_accum_steps(cfg, info.dp_size),
-        config_yaml=config_yaml,
-        downstream=downstream,
+        logger=_build_logger(cfg, info, run_dir, state.wandb_id, state.counters.step),
+        grad_accum=grad_accum_steps(cfg.trainer, info.dp_size),
+        downstream=_downstream_eval(cfg, train_loader.eot_token),
     )
     return parts, resume
 
 
 def _announce(parts: LoopParts, run_dir: Path, resume: Path | None) -> None:
     """Rank 0: the run's config next to its checkpoints, and one line saying what is about to run."""
-    cfg, info, t, step = parts.cfg, parts.info, parts.cfg.trainer, parts.counters.step
-    (run_dir / "config.yaml").write_text(parts.config_yaml)
+    cfg, info, t, step = parts.cfg, parts.info, parts.cfg.trainer, parts.state.counters.step
+    (run_dir / "config.yaml").write_text(parts.checkpointer.config_yaml)
+    # What the model is, recorded where run analysis reads (analysis/ never builds a model to learn it).
+    params, flops = parts.raw_model.num_params(), parts.raw_model.flops_per_token(t.seq_len)
+    parts.logger.log({"step": step, "event": "start", "params": params, "flops_per_token": flops})
     print(
-        f"run {cfg.run.name}: {parts.raw_model.num_params() / 1e6:.2f}M params ({cfg.model.attention}), "
+        f"run {cfg.run.name}: {params / 1e6:.2f}M params ({cfg.model.attention}), "
         f"{info.world_size} x {info.device.type} [{info.dims.describe()}], "
         f"{t.global_batch_tokens} tokens/step = {parts.grad_accum} micro-steps x {t.micro_batch} x "
         f"{t.seq_len} x {info.dp_size} data-parallel ranks; "
@@ -206,7 +221,7 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> RunResult:
     try:
         result = Trainer(parts).run()
     except TrainingDiverged as err:
-        logger.log({"step": parts.counters.step + 1, "event": "diverged", "message": str(err)})
+        logger.log({"step": parts.state.counters.step + 1, "event": "diverged", "message": str(err)})
         logger.abort()
         raise
     except BaseException:
@@ -214,7 +229,7 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> RunResult:
         raise
     finally:
         # Stop the loaders' prefetch threads before the process group and interpreter go away.
-        parts.train_loader.close()
+        parts.state.loader.close()
         parts.val_loader.close()
     if result.stopped:
         logger.abort(exit_code=0)
@@ -222,7 +237,7 @@ def _run(cfg: RunConfig, config_yaml: str, info: DistInfo) -> RunResult:
     export_path = None
     if cfg.checkpoint.export_safetensors:
         export_path = export_model(
-            parts.model, cfg.model, run_dir, info.is_main, tokenizer=cfg.data.tokenizer
+            parts.state.model, parts.raw_model.cfg, run_dir, info.is_main, tokenizer=cfg.data.tokenizer
         )
     logger.close(result.summary())
     if info.is_main:

@@ -91,13 +91,13 @@ class SafeFileSystemReader(FileSystemReader):
 
 
 def config_enums() -> list[type]:
-    """The config's choice enums (StrEnums of train, model, launch): checkpoints saved while a state dict
-    held one (LRSchedule's schedule name did) load; rebuilding one only looks a value up in its class."""
-    import launch.config
+    """The config's choice enums a state dict may hold (StrEnums of train and model): checkpoints saved while
+    one did (LRSchedule's schedule name) load; rebuilding one only looks a value up in its class. launch's
+    sections never enter a checkpoint (and train does not look up to launch)."""
     import model.config
     import train.config
 
-    modules = (train.config, model.config, launch.config)
+    modules = (train.config, model.config)
     return [
         obj
         for module in modules

@@ -8,7 +8,8 @@ into 1 process (or 8) and DCP reshards it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -19,27 +20,38 @@ from torch.distributed.checkpoint.stateful import Stateful
 from train.optim import LRSchedule
 from train.spikes import SpikeCounter
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""(inputs, targets) of one micro-batch."""
 
-class StatefulLoader(Protocol):
+
+class Loader(Protocol):
+    """What training needs of a loader (data.StreamLoader, data's mixture loader): endless batches, a
+    resumable position, per-source metrics, a reset for evaluation, and a close for its prefetch thread."""
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any], allow_fingerprint_mismatch: bool = False) -> None: ...
 
+    def metrics(self) -> dict[str, float]: ...
+
+    def reset(self) -> None: ...
+
+    def close(self) -> None: ...
+
 
 @dataclass
 class Counters:
-    """Scalars of the run: where it is and what it is called."""
+    """Where the run is, restored on resume: steps, tokens, and the spike detectors' history."""
 
+    loss_spikes: SpikeCounter
+    """Built from the trainer's settings (train.spikes.spike_counters)."""
+    grad_spikes: SpikeCounter
     step: int = 0
     """Optimizer steps completed."""
     tokens_seen: int = 0
     """Training tokens consumed by the whole job."""
-    wandb_id: str = ""
-    """wandb run id, so a resumed job continues the same wandb run."""
-    config_yaml: str = ""
-    """The resolved config the checkpoint was written under."""
-    loss_spikes: SpikeCounter = field(default_factory=lambda: SpikeCounter(3.0, 50))
-    grad_spikes: SpikeCounter = field(default_factory=lambda: SpikeCounter(3.0, 50))
 
 
 class TrainState(Stateful):
@@ -48,12 +60,17 @@ class TrainState(Stateful):
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         schedule: LRSchedule,
-        loader: StatefulLoader,
+        loader: Loader,
         counters: Counters,
+        *,
+        wandb_id: str = "",
         allow_fingerprint_mismatch: bool = False,
     ) -> None:
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        """model: the wrapped model (FSDP / DDP / plain) that training calls."""
         self.loader, self.counters = loader, counters
+        self.wandb_id = wandb_id
+        """wandb run id, so a resumed job continues the same wandb run."""
         self.allow_fingerprint_mismatch = allow_fingerprint_mismatch
 
     def state_dict(self) -> dict[str, Any]:
@@ -69,11 +86,12 @@ class TrainState(Stateful):
             "loader": self.loader.state_dict(),
             # Every rank seeds alike and the loop draws no rank-specific randomness, so one stream suffices.
             "rng": rng,
+            # The wandb id is saved beside the counters, where checkpoints have always held it. The run's
+            # config is not in here: the Checkpointer writes it once, as config.yaml beside the shards.
             "counters": {
                 "step": c.step,
                 "tokens_seen": c.tokens_seen,
-                "wandb_id": c.wandb_id,
-                "config_yaml": c.config_yaml,
+                "wandb_id": self.wandb_id,
                 "loss_spikes": c.loss_spikes.state_dict(),
                 "grad_spikes": c.grad_spikes.state_dict(),
             },
@@ -92,6 +110,6 @@ class TrainState(Stateful):
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         c, saved = self.counters, state["counters"]
         c.step, c.tokens_seen = int(saved["step"]), int(saved["tokens_seen"])
-        c.wandb_id, c.config_yaml = str(saved["wandb_id"]), str(saved["config_yaml"])
+        self.wandb_id = str(saved["wandb_id"])
         c.loss_spikes.load_state_dict(saved["loss_spikes"])
         c.grad_spikes.load_state_dict(saved["grad_spikes"])

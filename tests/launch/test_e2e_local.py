@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.metrics import read_metrics
+from train.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 

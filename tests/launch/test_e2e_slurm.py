@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.metrics import read_metrics
+from train.metrics import read_metrics
 
 
 def test_dry_run_prints_the_sbatch_script_for_the_composed_run(tmp_path: Path, run_launch) -> None:

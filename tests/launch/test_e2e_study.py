@@ -1,5 +1,5 @@
 """The ablations recipe end to end at smoke size: `python -m launch --multirun +experiment=ablations`, two
-seeds of two of its variants, then `launch.report` with its per-variant table against diff_v2."""
+seeds of two of its variants, then `analysis.report` with its per-variant table against diff_v2."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.report import main as report_main
+from analysis.report import main as report_main
 
 pytestmark = pytest.mark.slow
 

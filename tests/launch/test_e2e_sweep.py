@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.metrics import read_metrics
-from launch.report import METRICS, series
-from launch.report import main as report_main
+from analysis.report import METRICS, series
+from analysis.report import main as report_main
+from train.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 

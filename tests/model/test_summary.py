@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from model.summary import main, preset_configs, summarize_model
+from conf import attention_presets
+from model.summary import main, summarize_model
 
 
 @pytest.fixture(scope="module")
 def at_125m():
-    configs = preset_configs("125m")
+    configs = attention_presets("125m")
     return {name: summarize_model(name, cfg, 2048, 2) for name, cfg in configs.items()}, configs
 
 

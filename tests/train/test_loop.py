@@ -67,6 +67,10 @@ def test_loop_logs_checkpoints_on_its_interval_and_once_at_the_end(tmp_path, job
     assert all(set(row) == TRAIN_ROW_KEYS for row in logged.values())
     assert (result.loss, result.tokens_per_s) == (logged[7]["loss"], logged[7]["tokens_per_s"])
     assert rows(run_dir)[-1] == {"event": "end", **result.summary()}
+    # what the model is, recorded before the first step for run analysis (analysis/ builds no model)
+    start = rows(run_dir)[0]
+    assert (start["step"], start["event"]) == (0, "start")
+    assert start["params"] > 0 and start["flops_per_token"] > 0
 
 
 def test_stop_at_step_checkpoints_and_says_so_and_the_resumed_run_matches_a_straight_one(tmp_path, jobs):
@@ -87,3 +91,26 @@ def test_stop_at_step_checkpoints_and_says_so_and_the_resumed_run_matches_a_stra
     again = train_here(jobs, run_dir, *common)
     assert again.step == 6 and again.loss is None
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").rglob("*") if p.is_file()} == saved
+
+
+def test_a_checkpoint_holds_the_run_config_once_as_its_config_yaml(tmp_path, jobs):
+    from torch.distributed.checkpoint import FileSystemReader
+
+    run_dir = tmp_path / "run"
+    train_here(jobs, run_dir, "trainer.max_steps=3", "checkpoint.interval=0")
+    step = run_dir / "checkpoints" / "step_00000003"
+    saved = FileSystemReader(str(step)).read_metadata().state_dict_metadata
+    assert not [key for key in saved if "config" in key]  # not inside the state as well
+    assert (step / "config.yaml").read_text() == (run_dir / "config.yaml").read_text()
+    assert OmegaConf.create((step / "config.yaml").read_text()).trainer.max_steps == 3
+
+
+def test_the_run_config_is_not_edited_by_what_the_data_decides(tmp_path, jobs):
+    run_dir = tmp_path / "run"
+    overrides = [*jobs.tiny, *QUIET, f"run.dir={run_dir}", "trainer.max_steps=3", "model.doc_mask=true"]
+    cfg = compose([*overrides, "checkpoint.export_safetensors=true"])
+    run_cfg = validated(cfg, world_size=1)
+    run_training(run_cfg, OmegaConf.to_yaml(cfg, resolve=True))
+    assert run_cfg.model.eot_token == -1  # as validated: the data's value went to the model's own copy
+    exported = json.loads((run_dir / "model_config.json").read_text())
+    assert exported["doc_mask"] and exported["eot_token"] >= 0

@@ -6,8 +6,8 @@ import pytest
 
 from conf import compose_run_config
 from errors import ConfigError
+from train.config import grad_accum_steps
 from train.degrees import resolve_dims
-from train.validate import grad_accum_steps
 
 
 @pytest.mark.parametrize(
@@ -60,4 +60,4 @@ def test_tp_ranks_share_batches_so_only_the_data_parallel_size_sets_accumulation
         + ["trainer.global_batch_tokens=1024"],
         world_size=4,
     )
-    assert grad_accum_steps(cfg, resolve_dims(cfg.parallel, 4).dp_size) == 2  # 1024 / (64 * 4 * 2)
+    assert grad_accum_steps(cfg.trainer, resolve_dims(cfg.parallel, 4).dp_size) == 2  # 1024 / (64 * 4 * 2)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from conf import RunConfig
+from conf import ConfigError, RunConfig, validate_run_config
 from train.checkpoint import CheckpointError, complete_checkpoints, resolve_resume
 from train.checksums import write_checksums
-from train.validate import ConfigError, grad_accum_steps, validate_run_config
+from train.config import grad_accum_steps
 
 
 def _fake_checkpoint(root: Path, name: str, complete: bool) -> Path:
@@ -38,10 +38,10 @@ def test_resume_auto_picks_latest_complete(tmp_path):
 def test_grad_accum_derived_from_global_batch():
     cfg = RunConfig()
     cfg.trainer.seq_len, cfg.trainer.micro_batch, cfg.trainer.global_batch_tokens = 64, 4, 2048
-    assert grad_accum_steps(cfg, dp_size=1) == 8
-    assert grad_accum_steps(cfg, dp_size=4) == 2
+    assert grad_accum_steps(cfg.trainer, dp_size=1) == 8
+    assert grad_accum_steps(cfg.trainer, dp_size=4) == 2
     with pytest.raises(ConfigError, match="trainer.global_batch_tokens=2048"):
-        grad_accum_steps(cfg, dp_size=3)
+        grad_accum_steps(cfg.trainer, dp_size=3)
 
 
 @pytest.mark.parametrize(

@@ -41,11 +41,10 @@ from conf import RunConfig
 from model import Transformer
 from model.loss import lm_cross_entropy
 from train.activation_checkpointing import apply_activation_checkpointing
-from train.config import ParallelConfig
+from train.config import ParallelConfig, grad_accum_steps
 from train.loop import lm_loss
 from train.optim import build_optimizer
 from train.parallel import DistInfo, autocast, build_model, grad_sync, init_distributed, param_dtype
-from train.validate import grad_accum_steps
 
 
 @dataclass
@@ -113,7 +112,7 @@ def trace_memory(cfg: RunConfig, world_size: int, gpu: bool) -> MemoryBreakdown:
     trainer = cfg.trainer
     with fake_process_group(world_size):
         info = init_distributed(pcfg, "cpu")
-        accum = grad_accum_steps(cfg, info.dims.dp_size)
+        accum = grad_accum_steps(cfg.trainer, info.dims.dp_size)
         with FakeTensorMode():
             model = _build(cfg, pcfg, info)
             optimizer = build_optimizer(model, cfg.optim, info.device)

@@ -1,40 +1,21 @@
-"""Reads runs' metrics.jsonl files into one summary row per run, and prints them as a table."""
+"""The sweep's closing table: one summary row per run from its metrics.jsonl and launch.json.
+
+The launcher prints it when a sweep ends; run analysis (analysis/) prints it too, above its report."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from train.metrics import METRICS_FILE, read_metrics
 
-__all__ = ["METRICS_FILE", "RunSummary", "find_runs", "format_table", "read_metrics", "summarize"]
+__all__ = ["STATUS_FILE", "RunSummary", "format_table", "summarize"]
 
 STATUS_FILE = "launch.json"
 """Written by the launcher into each run dir: the command, the overrides and torchrun's exit code."""
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / METRICS_FILE).exists() or (path / STATUS_FILE).exists()
-
-
-def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run dirs among `paths`: each is a run dir itself, or a sweep dir whose subdirs are runs."""
-    runs: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path}: not a directory (expected a run dir or a sweep dir)")
-        if is_run_dir(path):
-            runs.append(path)
-            continue
-        found = sorted(p for p in path.iterdir() if p.is_dir() and is_run_dir(p))
-        if not found:
-            raise FileNotFoundError(f"{path}: holds no {METRICS_FILE}, neither itself nor in its subdirs")
-        runs += found
-    return runs
 
 
 def _num(value: object) -> float | None:

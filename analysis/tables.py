@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from launch.study import DOWNSTREAM_PREFIX, Difference, TrialResult, VariantResult, difference
+from analysis.study import DOWNSTREAM_PREFIX, Difference, TrialResult, VariantResult, difference
 
 Row = list[str]
 

@@ -4,8 +4,8 @@ variant's difference to a named reference variant, paired by seed.
 A trial's variant is what sets it apart from the other trials of the sweep apart from its seed: the keys of
 the resolved config.yaml (written by the trainer into each run dir) whose values differ between trials,
 minus run.*, wandb.* and launch.*. An attention preset shows as its name (model.variant), not as the fields
-it sets. Parameters and FLOPs per token are computed from the trial's model config (model/flops.py);
-everything else is read from its metrics.jsonl.
+it sets. Everything else is read from its metrics.jsonl, parameters and training FLOPs per token from the
+`start` row the trainer writes before its first step (a run from before it wrote one shows them as missing).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch.metrics import METRICS_FILE, read_metrics
+from train.metrics import METRICS_FILE, read_metrics
 
 IGNORED_PREFIXES = ("run.", "wandb.", "launch.", "hydra.")
 PRESET_FIELDS = ("model.attention", "model.pairing", "model.lambda_mode", "model.baseline_head_factor")
@@ -116,30 +116,6 @@ def _last(records: Sequence[dict], key: str) -> float | None:
     return None
 
 
-def model_config_of(config: dict[str, object]):  # -> model.ModelConfig (imported late: torch)
-    """The ModelConfig of a trial's flattened config (its `model.*` keys)."""
-    import dataclasses
-
-    from model import ModelConfig
-
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k[6:]: v for k, v in config.items() if k.startswith("model.") and k[6:] in names})
-
-
-def _model_size(config: dict[str, object]) -> tuple[float, float]:
-    """(parameters, training FLOPs per token) of the run's model, built on the meta device (no memory)."""
-
-    import torch
-
-    from model import Transformer
-    from model.flops import flops_per_token
-
-    model_cfg = model_config_of(config)
-    with torch.device("meta"):
-        params = Transformer(model_cfg).num_params()
-    return float(params), flops_per_token(model_cfg, int(config["trainer.seq_len"]))
-
-
 def curve(records: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
     """(steps, values) of one key over the step rows (and diagnostics / val rows) of a metrics.jsonl."""
     steps, values = [], []
@@ -173,11 +149,11 @@ def load_trial(run_dir: Path) -> TrialResult:
     config = _flatten(yaml.safe_load(config_path.read_text()))
     records = read_metrics(run_dir / METRICS_FILE)
     end = next((r for r in reversed(records) if r.get("event") == "end"), {})
-    params, flops = _model_size(config)
+    start = [r for r in records if r.get("event") == "start"]
     metrics: dict[str, float | None] = {
         "val_loss": _last(records, "val_loss"),
-        "params": params,
-        "flops_per_token": flops,
+        "params": _last(start, "params"),
+        "flops_per_token": _last(start, "flops_per_token"),
         "tokens": _last([end], "tokens_seen") or _last(records, "tokens_seen"),
         "loss_spikes": _last([end], "loss_spikes") or _last(records, "loss_spikes"),
         "grad_spikes": _last([end], "grad_spikes") or _last(records, "grad_spikes"),

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from launch.metrics import find_runs, format_table, summarize
-from launch.report import METRICS, main, series
+from analysis.report import METRICS, main, series
+from analysis.runs import find_runs
+from launch.summary import format_table, summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -89,7 +90,7 @@ def test_table_has_a_row_per_run_with_its_numbers(sweep_dir: Path) -> None:
 
 
 def test_per_layer_diagnostics_use_the_overall_figure_or_the_layer_mean(sweep_dir: Path) -> None:
-    from launch.metrics import read_metrics
+    from train.metrics import read_metrics
 
     records = read_metrics(sweep_dir / "1-attention-diff_v2" / "metrics.jsonl")
     by_name = {m.name: m for m in METRICS}

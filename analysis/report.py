@@ -1,7 +1,7 @@
-"""`python -m launch.report <run or sweep dirs> [--out DIR] [--reference VARIANT]`: the comparison tables,
+"""`python -m analysis.report <run or sweep dirs> [--out DIR] [--reference VARIANT]`: the comparison tables,
 one PNG per metric and a markdown report beside them, from each run's metrics.jsonl and config.yaml.
 
-Trials that differ only in their seed form one variant (launch/study.py): its PNG line is the mean over
+Trials that differ only in their seed form one variant (analysis/study.py): its PNG line is the mean over
 seeds with a band from the lowest to the highest seed, and its table row holds the mean and std over seeds
 and the difference to the reference variant (default diff_v2), paired by seed, with its 95% interval.
 Diagnostics are logged per layer (`diag/<stat>/L<i>`); a plot shows the trainer's overall figure
@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.metrics import METRICS_FILE, find_runs, format_table, read_metrics, summarize
-from launch.study import VariantResult, find_variant, load_study
-from launch.tables import (
+from analysis.runs import find_runs
+from analysis.study import VariantResult, find_variant, load_study
+from analysis.tables import (
     TRIAL_HEADER,
     VARIANT_HEADER,
     downstream_keys,
@@ -31,6 +31,8 @@ from launch.tables import (
     variant_rows,
     verdicts,
 )
+from launch.summary import format_table, summarize
+from train.metrics import METRICS_FILE, read_metrics
 
 DEFAULT_REFERENCE = "diff_v2"
 REPORT_FILE = "report.md"
@@ -186,7 +188,7 @@ def study_markdown(variants: Sequence[VariantResult], reference: VariantResult, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launch.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "paths", nargs="+", help="run dirs (holding metrics.jsonl) or sweep dirs (holding runs)"
     )
@@ -202,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         runs = find_runs(args.paths)
     except FileNotFoundError as exc:
-        print(f"launch.report: error: {exc}", file=sys.stderr)
+        print(f"analysis.report: error: {exc}", file=sys.stderr)
         return 2
     out = (
         Path(args.out)
@@ -225,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     find_variant(variants, DEFAULT_REFERENCE) if DEFAULT_REFERENCE in names else variants[0]
                 )
         except ValueError as exc:
-            print(f"launch.report: error: {exc}", file=sys.stderr)
+            print(f"analysis.report: error: {exc}", file=sys.stderr)
             return 2
         groups = {v.name: [t.run_dir for t in v.trials] for v in variants}
         written = plot_groups(groups, out, [*METRICS, *downstream_metrics(variants)])

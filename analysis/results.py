@@ -1,7 +1,7 @@
-"""`python -m launch.results --out docs/results.md <sweep dir> [<sweep dir> ...]`: a page of studies.
+"""`python -m analysis.results --out docs/results.md <sweep dir> [<sweep dir> ...]`: a page of studies.
 
 For each sweep dir (a study: its name is the dir's name), the verdict per variant against the reference
-(default diff_v2), the per-variant and per-trial tables of launch.report and its PNGs (a band over seeds),
+(default diff_v2), the per-variant and per-trial tables of analysis.report and its PNGs (a band over seeds),
 written to <out dir>/results/<study>/. The setup (size, tokens, LR, seeds) is read from the trials' configs,
 so the page says what was run; `make results` reruns the CPU study and this.
 """
@@ -13,11 +13,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from launch.metrics import find_runs
-from launch.report import DEFAULT_REFERENCE, METRICS, downstream_metrics, plot_groups, study_markdown
-from launch.stability import stability_section
-from launch.study import VariantResult, find_variant, load_study
-from launch.tables import seeds_of
+from analysis.report import DEFAULT_REFERENCE, METRICS, downstream_metrics, plot_groups, study_markdown
+from analysis.runs import find_runs
+from analysis.stability import stability_section
+from analysis.study import VariantResult, find_variant, load_study
+from analysis.tables import seeds_of
 
 SETUP_KEYS = (
     ("model.name", "size"),
@@ -63,7 +63,7 @@ def study_section(sweep_dir: Path, out_dir: Path, page_dir: Path, reference: str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launch.results", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m analysis.results", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", nargs="*", help="sweep dirs, one per study (e.g. runs/results/ablations)")
     parser.add_argument(
         "--out", default="docs/results.md", help="the page (its PNGs go beside it, in results/)"
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sweep in args.stability:
             parts.append(stability_section(Path(sweep), page.parent / "results", page.parent))
     except (FileNotFoundError, ValueError) as exc:
-        print(f"launch.results: error: {exc}", file=sys.stderr)
+        print(f"analysis.results: error: {exc}", file=sys.stderr)
         return 2
     page.write_text("\n".join(parts))
     studies = len(args.sweeps) + len(args.stability)
