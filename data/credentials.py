@@ -4,8 +4,9 @@ redacted.
 Every command refuses a credential URL on its command line or in its composed config before doing any
 work, with a message that names the key but not the secret: credentials go in the environment
 (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS), which no output records.
-`redact` is applied where a command line or a config becomes text (the run dir's .lock, the torchrun command
-`python -m launch` prints and records), so a secret that slipped past still never reaches a file or a log.
+`redact` is applied where a command line or a config becomes text (the run dir's .lock, launch.json; every
+line `python -m launch` prints or logs goes through `RedactedStream`), so a secret that slipped past still
+never reaches a file or a log.
 
 The userinfo part runs from `scheme://` to the last `@` of the same whitespace-free token: an AWS secret may
 hold `/`, which would end a URL's host part early for `urllib.parse`.
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TextIO
 
 from errors import ConfigError
 
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:/+)[^\s'\"]*@")
-"""`scheme:/...@` too: a URL passed through pathlib.Path loses one slash of `://`."""
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*\\?:/+)[^\s'\"]*@")
+"""`scheme:/...@` too: a URL passed through pathlib.Path loses one slash of `://`;
+`scheme\\://...@` too: Hydra escapes `:` in the override values it prints (a sweep's trials)."""
 REDACTED = "***"
 
 
@@ -35,6 +38,21 @@ def has_credential(text: str) -> bool:
 def redact(text: str) -> str:
     """`text` with every URL's user/password part replaced by `***` (`s3://***@bucket/x`)."""
     return _USERINFO.sub(rf"\1{REDACTED}@", text)
+
+
+class RedactedStream:
+    """A text stream (sys.stdout, sys.stderr) whose writes pass through `redact`: installed by a command
+    whose every message must be redacted, Hydra's and libraries' included. A URL split over two writes is
+    not seen; print writes a message in one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(redact(text))
+
+    def __getattr__(self, name: str) -> object:  # flush, buffer, fileno, isatty, ...: the stream's own
+        return getattr(self.stream, name)
 
 
 def _refusal(where: str) -> CredentialInConfig:

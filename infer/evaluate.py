@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import errors
+from errors import ConfigError
 from infer.load import Loaded, add_source_arguments, load_from_args
 
 
@@ -41,7 +42,7 @@ def evaluate(
     missing = [t for t in tasks if t not in manager.all_tasks]
     if missing:
         where = f" or under --include-path {include_path}" if include_path else ""
-        raise ValueError(f"unknown lm-eval task(s) {missing}: not among lm-eval's tasks{where}")
+        raise ConfigError(f"unknown lm-eval task(s) {missing}: not among lm-eval's tasks{where}")
     lm = DiffV2LM(loaded, batch_size=batch_size, seed=seed)
     out = simple_evaluate(
         model=lm,
@@ -105,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wandb-project", default="diffv2")
     args = parser.parse_args(argv)
     if args.include_path is not None and not args.include_path.is_dir():
-        raise SystemExit(f"infer.evaluate: --include-path {args.include_path} is not a directory")
+        raise ConfigError(
+            f"--include-path {args.include_path} is not a directory: pass a folder of task YAML files"
+        )
     try:
         results = evaluate(
             load_from_args(args),
@@ -116,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
             args.batch_size,
             args.seed,
         )
-    except ValueError as err:
-        raise SystemExit(f"infer.evaluate: {err}") from None
+    except ValueError as err:  # lm-eval reports a bad task YAML or argument as ValueError
+        raise ConfigError(str(err)) from None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     if args.wandb_mode != "disabled":

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from data.credentials import refuse_in_args
 from data.tokenizer import load_bpe, tokenizer_files
+from errors import ConfigError
 from model import ModelConfig, Transformer
 from train.checkpoint import CheckpointError, complete_checkpoints
 from train.export import CONFIG, TOKENIZER, WEIGHTS, export_checkpoint, load_exported
@@ -109,6 +110,30 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def device_from_arg(text: str) -> torch.device:
+    """The device --device names, or a ConfigError when torch does not know it or this machine lacks it."""
+    try:
+        device = torch.device(text)
+        torch.empty(0, device=device)  # a CUDA device on a machine without one fails here, not mid-load
+    except (RuntimeError, AssertionError) as err:  # torch says AssertionError for "not compiled with CUDA"
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"--device {text!r} cannot be used here ({reason}): pass cpu, cuda or cuda:N"
+        ) from None
+    return device
+
+
+def read_input_text(path: Path, flag: str) -> str:
+    """The UTF-8 text of an input file the user named with `flag`; a ConfigError naming the path and the
+    cause when it is missing, a directory, unreadable or not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{flag} {path}: {err.strerror or err} (pass a readable text file)") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{flag} {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
 def load_from_args(args: argparse.Namespace) -> Loaded:
     refuse_in_args([str(value) for value in vars(args).values()])
-    return load(args.source, args.device, verify=not args.no_verify)
+    return load(args.source, device_from_arg(args.device), verify=not args.no_verify)

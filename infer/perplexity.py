@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import errors
-from infer.load import Loaded, add_source_arguments, load_from_args
+from errors import ConfigError
+from infer.load import Loaded, add_source_arguments, load_from_args, read_input_text
 from model.scoring import token_logprobs
 
 
@@ -42,7 +43,7 @@ def perplexity(loaded: Loaded, texts: list[str], stride: int | None = None) -> P
         n_tokens += len(tokens)
         n_bytes += len(text.encode("utf-8"))
     if n_tokens == 0:
-        raise ValueError("no text to score: the files are empty")
+        raise ConfigError("no text to score: the files are empty")
     bits = nll / math.log(2)
     return Perplexity(n_tokens, n_bytes, nll, bits / n_tokens, bits / n_bytes, 2 ** (bits / n_tokens))
 
@@ -57,14 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = parser.parse_args(argv)
-    for file in args.files:
-        if not file.is_file():
-            raise SystemExit(f"infer.perplexity: {file} is not a file")
-    loaded = load_from_args(args)
-    try:
-        result = perplexity(loaded, [f.read_text(encoding="utf-8") for f in args.files], args.stride)
-    except ValueError as err:
-        raise SystemExit(f"infer.perplexity: {err}") from None
+    texts = [read_input_text(file, "FILE") for file in args.files]
+    result = perplexity(load_from_args(args), texts, args.stride)
     if args.json:
         print(json.dumps(asdict(result)))
     else:

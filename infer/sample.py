@@ -17,7 +17,7 @@ import torch
 
 import errors
 from errors import ConfigError
-from infer.load import Loaded, add_source_arguments, load_from_args
+from infer.load import Loaded, add_source_arguments, load_from_args, read_input_text
 
 DEFAULT_NEW_TOKENS = 64
 
@@ -42,7 +42,7 @@ def complete(
     limit = loaded.cfg.max_seq_len
     for prompt, tokens in zip(prompts, encoded, strict=True):
         if len(tokens) + max_new_tokens > limit:
-            raise ValueError(
+            raise ConfigError(
                 f"prompt {prompt[:40]!r}... is {len(tokens)} tokens (with the leading <|endoftext|>); with "
                 f"max_new_tokens={max_new_tokens} that exceeds the model's max_seq_len={limit}: shorten the "
                 "prompt or lower --max-new-tokens"
@@ -75,7 +75,7 @@ def _positive(text: str) -> int:
 def _prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompts_file is not None:
-        lines = Path(args.prompts_file).read_text().splitlines()
+        lines = read_input_text(args.prompts_file, "--prompts-file").splitlines()
         for number, line in enumerate(lines, start=1):
             if line and not line.strip():
                 raise ConfigError(
@@ -84,7 +84,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
                 )
         prompts += [line.replace("\\n", "\n") for line in lines if line]
     if not prompts:
-        raise SystemExit("no prompt: pass --prompt TEXT (repeatable) or --prompts-file FILE")
+        raise ConfigError("no prompt: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     return prompts
 
 
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> None:
             args.seed,
             args.keep_eot,
         )
-    except ValueError as err:
-        raise SystemExit(f"infer.sample: {err}") from None
+    except ValueError as err:  # generate's checks of --temperature, --top-k, --top-p
+        raise ConfigError(str(err)) from None
     for prompt, output in zip(prompts, outputs, strict=True):
         if args.json:
             print(json.dumps({"prompt": prompt, "completion": output}))

@@ -13,8 +13,8 @@ import hydra
 from omegaconf import DictConfig
 
 from conf import register_configs
-from data.credentials import refuse_in_args
-from errors import ProjectError
+from data.credentials import RedactedStream, refuse_in_args
+from errors import ProjectError, report_and_exit
 from launch import app, sweep
 from launch.process import LaunchStopped
 
@@ -48,12 +48,22 @@ def _main(cfg: DictConfig) -> int:
 
 
 def main() -> None:
+    """Every line this process prints (its own messages, Hydra's, the torchrun command) passes through
+    data/credentials.py's redaction: a credential URL in a config file is found only after composing."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactedStream(out), RedactedStream(err)
+    try:
+        _launch()
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _launch() -> None:
     register_configs()
     try:  # before Hydra, which would repeat a bad override's value in its own error
         refuse_in_args(sys.argv[1:])
     except ProjectError as err:
-        print(f"launch: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(err.exit_code)
+        report_and_exit(err)
     sys.argv = [sys.argv[0], *hydra_args(sys.argv[1:])]
     try:
         _main()

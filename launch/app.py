@@ -40,20 +40,22 @@ def launch_task(cfg: DictConfig) -> int:
             OmegaConf.update(cfg, key, value)
     elif hc.sweeper.get("params"):
         return _fail(
-            "this config sweeps hydra.sweeper.params (an experiment recipe): add --multirun, or "
-            "hydra.sweeper.params=null to run one trial"
+            ConfigError(
+                "this config sweeps hydra.sweeper.params (an experiment recipe): add --multirun, or "
+                "hydra.sweeper.params=null to run one trial"
+            )
         )
     try:
+        refuse_in_config(OmegaConf.to_container(cfg, resolve=True))  # first: the other checks quote values
         validate_config(cfg)
-        refuse_in_config(OmegaConf.to_container(cfg, resolve=True))
         from train.rundir import check_run_dir_placement, check_run_name  # torch-heavy: imported late
 
         check_run_name(cfg.run.name)  # before the agent creates run.dir
         check_run_dir_placement(Path(cfg.run.dir))
     except ProjectError as exc:
-        return _fail(str(exc), exc.exit_code)
+        return _fail(exc)
     except ValueError as exc:  # the model's own checks raise plain ValueError
-        return _fail(str(exc))
+        return _fail(ConfigError(str(exc)))
     overrides = train_overrides(task, extra)
     launch_cfg: LaunchConfig = OmegaConf.to_object(cfg.launch)  # type: ignore[assignment]
     gpus = gpus_present()
@@ -63,7 +65,7 @@ def launch_task(cfg: DictConfig) -> int:
         per_node = parse_nproc(launch_cfg.nproc_per_node) or launch_cfg.slurm.gpus_per_node
         refusal = _plan(launch_cfg, overrides, launch_cfg.nnodes, per_node, gpus)
         if refusal:
-            return _fail(refusal)
+            return _fail(ConfigError(refusal))
 
         job = submit(cfg, overrides)
         if job is None:  # dry run
@@ -78,7 +80,7 @@ def launch_task(cfg: DictConfig) -> int:
     node = plan_node(launch_cfg, gpus, uses_cuda=cfg.trainer.device in ("auto", "cuda"))
     refusal = _plan(launch_cfg, overrides, node.nnodes, node.nproc_per_node, gpus)
     if refusal:
-        return _fail(refusal)
+        return _fail(ConfigError(refusal))
     rc = run_agent(launch_cfg, node, overrides, Path(cfg.run.dir), cfg.run.name)
     if multirun and sweep.STATE is not None:
         sweep.STATE.exit_codes[hc.job.num] = rc
@@ -99,6 +101,8 @@ def _record(rc: int) -> int:
     return rc
 
 
-def _fail(message: str, code: int = ConfigError.exit_code) -> int:
-    print(f"launch: error: {redact(message)}", file=sys.stderr, flush=True)
-    return _record(code)
+def _fail(err: ProjectError) -> int:
+    """Reports `err` as every command does (`<label>: <message>`, README's exit-code table); its code is
+    recorded for __main__ to exit with, after a sweep's other trials."""
+    print(f"{err.label}: {redact(str(err))}", file=sys.stderr, flush=True)
+    return _record(err.exit_code)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
+from data.credentials import redact
+
 
 def child_pids(pid: int) -> list[int]:
     """Direct children of `pid` (torchrun's worker ranks), read from /proc."""
@@ -124,7 +126,8 @@ def run_torchrun(
     log = log_path.open("ab") if log_path is not None else None
     try:
         assert proc.stdout is not None
-        for line in iter(proc.stdout.readline, b""):
+        for raw in iter(proc.stdout.readline, b""):
+            line = redact(raw.decode(errors="surrogateescape")).encode(errors="surrogateescape")
             sys.stdout.buffer.write(line)
             sys.stdout.flush()
             if log is not None:

@@ -8,7 +8,6 @@ Trials run in this process one after another (Hydra's basic launcher); each is i
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from errors import ConfigError, ProjectError, report_and_exit
 from launch.command import is_launch_override, override_key
 from launch.summary import format_table, summarize
 
@@ -137,25 +137,30 @@ class SweepCallback(Callback):
         # Hydra turns a callback's exception into a warning and carries on: every failure here must exit.
         try:
             self._plan_and_validate(config)
-        except Exception as exc:
-            print(f"launch: error: {exc}", file=sys.stderr, flush=True)
-            sys.exit(2)
+        except ProjectError as exc:
+            report_and_exit(exc)
+        except Exception as exc:  # Hydra's compose errors (a trial's wrong type)
+            report_and_exit(ConfigError(str(exc)))
 
     @staticmethod
     def _plan_and_validate(config: DictConfig) -> None:
         global STATE
         from conf import compose
+        from data.credentials import refuse_in_config
         from launch.nodes import gpus_present
         from launch.validate import validate_config
 
         raw = OmegaConf.to_container(config.hydra.overrides.task)
         params = config.hydra.sweeper.get("params")
         params = OmegaConf.to_container(params) if params is not None else {}
+        # Before Hydra writes multirun.yaml into the sweep dir: a recipe's credential URL must not land there.
+        refuse_in_config({"hydra.sweeper.params": params})
         STATE = plan_sweep(Path(config.hydra.sweep.dir), expand_trials(raw, params))  # type: ignore[arg-type]
         gpus = gpus_present()
         for trial in STATE.trials:
             try:
                 cfg = compose([*trial.overrides, *trial.extra_overrides()])
+                refuse_in_config(OmegaConf.to_container(cfg, resolve=True))
                 validate_config(cfg, gpus=gpus)
             except Exception as exc:  # Hydra's compose errors and our ValueErrors alike: stop before any job.
                 # Hydra's message says which override; its cause says which type was expected.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from errors import ConfigError
 from model.transformer import Transformer
 
 
@@ -30,7 +31,7 @@ def plan_windows(tokens: list[int], prefix: int, window: int, stride: int | None
     """Windows that together score every token of `tokens` once, the first one after `prefix` (e.g. eot)."""
     stride = window if stride is None else stride
     if not 0 < stride <= window:
-        raise ValueError(f"stride={stride} must be in [1, window={window}]")
+        raise ConfigError(f"stride={stride} must be in [1, window={window}]")
     seq = [prefix, *tokens]
     windows, done = [], 0
     while done < len(tokens):
@@ -80,7 +81,7 @@ def continuation_scores(
     inputs, targets = [], []
     for seq, n in zip(sequences, n_continuation, strict=True):
         if n > window:
-            raise ValueError(f"a continuation of {n} tokens does not fit the model's max_seq_len={window}")
+            raise ConfigError(f"a continuation of {n} tokens does not fit the model's max_seq_len={window}")
         seq = seq[-(window + 1) :]
         inputs.append(seq[:-1])
         targets.append(seq[1:])

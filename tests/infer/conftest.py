@@ -4,11 +4,13 @@ artefacts (run dir with exported weights and tokenizer, checkpoints) every infer
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
@@ -40,3 +42,29 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Pa
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, f"{' '.join(cmd)}\nexit {proc.returncode}\n{proc.stderr[-4000:]}"
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def wide_vocab_export(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An export dir of a model whose vocab_size (8192) exceeds the run's tokenizer (2048 ids of
+    data=stdlib_small), which python -m train accepts: the untrained output rows beyond the tokenizer are
+    scaled to hold the largest logits, so any decoding that does not mask them draws ids it cannot decode."""
+    from data.tokenizer import load_bpe
+    from model import ModelConfig, Transformer
+    from train.export import save_weights, seal_export
+
+    export = tmp_path_factory.mktemp("wide-vocab")
+    enc = load_bpe(trained_run / "tokenizer")
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=8192, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, ffn_hidden=32,
+        max_seq_len=32,
+    )  # fmt: skip
+    model = Transformer(cfg)
+    with torch.no_grad():
+        model.output.weight[enc.n_vocab :] *= 50
+    save_weights(model.state_dict(), cfg, export)
+    for name in ("tokenizer.tiktoken", "tokenizer.json"):
+        shutil.copy(trained_run / name, export / name)
+    seal_export(export)
+    return export

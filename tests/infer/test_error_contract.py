@@ -48,3 +48,38 @@ def test_a_whitespace_only_prompt_line_is_refused_naming_it(trained_run: Path, t
     assert err == f"config error: --prompts-file {prompts} line 3 holds only whitespace: remove it, or " + (
         "write the prompt (`\\n` stands for a newline)\n"
     )
+
+
+def test_a_prompt_longer_than_the_models_context_is_a_config_error(trained_run: Path, capsys):
+    code, err = _run(
+        sample_main, [str(trained_run), "--prompt", "x = 1\n" * 64, "--max-new-tokens", "1"], capsys
+    )
+    assert code == EXIT_CONFIG
+    assert err.startswith("config error: prompt 'x = 1") and "exceeds the model's max_seq_len=64" in err, err
+    assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "expected"),
+    [
+        (
+            sample_main,
+            ["--prompts-file", "{tmp}/absent.txt"],
+            "config error: --prompts-file {tmp}/absent.txt: ",
+        ),
+        (perplexity_main, ["{tmp}"], "config error: FILE {tmp}: Is a directory"),
+        (perplexity_main, ["{tmp}/latin1.txt"], "config error: FILE {tmp}/latin1.txt is not UTF-8 text"),
+        (
+            sample_main,
+            ["--prompt", "x", "--device", "tpu:9"],
+            "config error: --device 'tpu:9' cannot be used",
+        ),
+    ],
+    ids=["missing-prompts-file", "directory-as-text", "not-utf8", "bad-device"],
+)
+def test_a_bad_input_file_or_device_is_a_config_error(command, argv, expected, trained_run, tmp_path, capsys):
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code, err = _run(command, [str(trained_run), *argv], capsys)
+    assert code == EXIT_CONFIG
+    assert err.startswith(expected.replace("{tmp}", str(tmp_path))) and err.count("\n") == 1, err

@@ -94,3 +94,19 @@ def test_evaluate_command_writes_scores_for_a_local_choice_task_and_a_generation
     wandb.teardown()  # stops wandb's service process, which writes the run file in the background
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")  # beside the JSON
     assert b"lm_eval/diffv2_python_gen/exact_match" in run_file.read_bytes()
+
+
+def test_a_generation_task_on_a_model_vocab_larger_than_the_tokenizers_draws_only_decodable_ids(
+    wide_vocab_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """lm-eval's generate_until masks the ids beyond the tokenizer, which hold the largest logits here:
+    unmasked, greedy decoding picks them and the tokenizer cannot decode them."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(REPO)  # the task's data_files are relative to the repository root
+    out = tmp_path / "lm_eval.json"
+    evaluate_main(
+        [str(wide_vocab_export), "--tasks", "diffv2_python_gen", "--limit", "2"]
+        + ["--include-path", str(TASKS), "--out", str(out)]
+    )
+    gen = json.loads(out.read_text())["results"]["diffv2_python_gen"]
+    assert gen["sample_len"] == 2 and 0.0 <= gen["exact_match,none"] <= 1.0

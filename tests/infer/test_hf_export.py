@@ -175,3 +175,20 @@ def test_an_export_whose_model_vocab_exceeds_the_tokenizers_suppresses_the_extra
     export_hf_main([str(tmp_path / "src"), str(tmp_path / "hf")])
     generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert generation["suppress_tokens"] == list(range(enc.n_vocab, cfg.vocab_size))
+
+
+def test_transformers_generate_obeys_the_exported_suppress_tokens(wide_vocab_export: Path, tmp_path: Path):
+    """The ids beyond the tokenizer hold the largest logits of this model: greedy generation by transformers,
+    with the generation_config.json the export wrote, never emits them (and does without it)."""
+    from transformers import AutoModelForCausalLM
+
+    enc = load_bpe(wide_vocab_export / "tokenizer")
+    n_vocab = enc.n_vocab
+    export_hf_main([str(wide_vocab_export), str(tmp_path / "hf")])
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
+    prompt = torch.tensor([[enc.eot_token, *enc.encode_ordinary("def main(")]])  # as infer.sample starts
+    start = prompt.shape[1]
+    generated = model.generate(prompt, max_new_tokens=8, do_sample=False)[0, start:].tolist()
+    assert generated and max(generated) < n_vocab, generated
+    unsuppressed = model.generate(prompt, max_new_tokens=8, do_sample=False, suppress_tokens=None)[0, start:]
+    assert max(unsuppressed.tolist()) >= n_vocab  # the test's model does favour the suppressed ids

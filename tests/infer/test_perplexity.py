@@ -54,6 +54,10 @@ def test_long_text_scores_every_token_and_the_first_window_alike_for_any_stride(
     torch.testing.assert_close(disjoint[:16], overlapping[:16])
 
 
-def test_missing_file_is_named(trained_run: Path, tmp_path: Path):
-    with pytest.raises(SystemExit, match="nope.txt is not a file"):
+def test_missing_file_is_named(trained_run: Path, tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exited:
         perplexity_main([str(trained_run), str(tmp_path / "nope.txt")])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err == f"config error: FILE {tmp_path / 'nope.txt'}: " + (
+        "No such file or directory (pass a readable text file)\n"
+    )

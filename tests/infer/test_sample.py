@@ -93,9 +93,10 @@ def test_prompts_file_gives_each_prompt_its_own_continuation_in_order(trained_ru
     assert [row["prompt"] for row in batch] == ["class A:\n    def", "x = 1", "import"]
 
 
-def test_too_long_a_request_names_max_seq_len(trained_run: Path):
-    with pytest.raises(SystemExit, match="max_seq_len=64"):
+def test_too_long_a_request_names_max_seq_len(trained_run: Path, capsys):
+    with pytest.raises(SystemExit) as exited:
         sample_main([str(trained_run), "--prompt", "x", "--max-new-tokens", "100"])
+    assert exited.value.code == 2 and "max_seq_len=64" in capsys.readouterr().err  # a config error
 
 
 def test_a_dir_without_weights_or_checkpoints_is_refused_by_name(tmp_path: Path, capsys):
@@ -116,25 +117,12 @@ def test_top_p_draws_only_from_the_nucleus():
 
 
 def test_a_model_vocab_larger_than_the_tokenizers_never_samples_ids_the_tokenizer_lacks(
-    trained_run: Path, tmp_path: Path, capsys
+    trained_run: Path, wide_vocab_export: Path, capsys
 ):
-    """model.vocab_size 8192 over a 2048-token tokenizer (data=stdlib_small), which python -m train accepts:
-    the rows beyond the tokenizer are never drawn, even where they hold the largest logits."""
-    from model import ModelConfig, Transformer
-    from train.export import save_weights
-
+    """The rows beyond the tokenizer are never drawn, even where they hold the largest logits."""
     enc = load_bpe(trained_run / "tokenizer")
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=8192, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, ffn_hidden=32,
-        max_seq_len=32,
-    )  # fmt: skip
-    model = Transformer(cfg)
-    with torch.no_grad():
-        model.output.weight[enc.n_vocab :] *= 50  # the untrained rows beyond the tokenizer dominate
-    save_weights(model.state_dict(), cfg, tmp_path)
-    for name in ("tokenizer.tiktoken", "tokenizer.json"):
-        shutil.copy(trained_run / name, tmp_path / name)
     for sampling in (["--temperature", "0"], ["--temperature", "1", "--seed", "3"]):
-        (row,) = _sample(capsys, str(tmp_path), "--prompt", "def main(", "--max-new-tokens", "8", *sampling)
+        (row,) = _sample(
+            capsys, str(wide_vocab_export), "--prompt", "def main(", "--max-new-tokens", "8", *sampling
+        )
         assert len(enc.encode_ordinary(row["completion"])) > 0

@@ -99,10 +99,10 @@ def test_choice_outside_its_enum_is_refused_at_composition(override: str, allowe
     [
         (["launch.foo=1"], ["launch.foo", "LaunchConfig"]),
         (["launch=bogus"], ["launch/bogus", "multinode"]),
-        (["launch=slurm"], ["launch: error: launch.slurm.partition is required"]),
+        (["launch=slurm"], ["config error: launch.slurm.partition is required"]),
         (["+experiment=lr_stability"], ["add --multirun"]),
         (["run.name=../escaped"], ["run.name='../escaped' must be a relative name without '..'"]),
-        (["+trainer.max_step=4"], ["launch: error: trainer.max_step is not a config key"]),
+        (["+trainer.max_step=4"], ["config error: trainer.max_step is not a config key"]),
     ],
     ids=[
         "unknown-option",

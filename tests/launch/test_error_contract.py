@@ -37,3 +37,45 @@ def test_launch_refuses_a_credential_url_without_printing_it(tmp_path: Path, lau
     assert "holds a URL with credentials" in proc.stderr
     assert KEY not in proc.stdout + proc.stderr and SECRET not in proc.stdout + proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def _experiment(tmp_path: Path, body: str) -> Path:
+    """A --config-dir holding experiment/leaky.yaml: a recipe whose credential only composing reveals."""
+    config_dir = tmp_path / "conf"
+    (config_dir / "experiment").mkdir(parents=True)
+    (config_dir / "experiment" / "leaky.yaml").write_text("# @package _global_\n" + body)
+    return config_dir
+
+
+def test_a_credential_in_a_sweep_recipe_is_refused_before_the_sweep_dir_is_written(
+    tmp_path: Path, launch_here
+) -> None:
+    config_dir = _experiment(
+        tmp_path, f"hydra:\n  sweeper:\n    params:\n      data.dir: s3://{KEY}:{SECRET}@bucket/x,/tmp/y\n"
+    )
+    sweep_dir = tmp_path / "sweep"
+    args = [
+        "--multirun",
+        "--config-dir",
+        str(config_dir),
+        "+experiment=leaky",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = launch_here(
+        [*args, "trainer.max_steps=0"], tmp_path
+    )  # a second error quoting the trial's overrides
+    assert proc.returncode == EXIT_CONFIG, proc.stderr
+    assert "hydra.sweeper.params.data.dir holds a URL with credentials" in proc.stderr
+    assert KEY not in proc.stdout + proc.stderr and SECRET not in proc.stdout + proc.stderr
+    assert not sweep_dir.exists()  # Hydra's multirun.yaml would have recorded the secret
+
+
+def test_hydras_own_error_about_a_credential_in_a_config_file_is_redacted(
+    tmp_path: Path, launch_here
+) -> None:
+    config_dir = _experiment(tmp_path, f"trainer:\n  max_steps: s3://{KEY}:{SECRET}@bucket/x\n")
+    args = ["--config-dir", str(config_dir), "+experiment=leaky", f"run.dir={tmp_path}/run"]
+    proc = launch_here(args, tmp_path)
+    assert proc.returncode == 1, proc.stderr  # Hydra's wrong-type error
+    assert "Value 's3://***@bucket/x' of type 'str' could not be converted to Integer" in proc.stderr
+    assert KEY not in proc.stdout + proc.stderr and SECRET not in proc.stdout + proc.stderr
