@@ -57,18 +57,19 @@ def expert_params(model: nn.Module) -> set[nn.Parameter]:
     return {getattr(m, name) for m in expert_modules(model) for name in _WEIGHTS}
 
 
-def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh) -> None:
-    """Shards every GroupedExperts' weights on the expert dim over `ep_mesh` and routes its tokens there."""
+def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh, compute_dtype: torch.dtype) -> None:
+    """Shards every GroupedExperts' weights on the expert dim over `ep_mesh` and routes its tokens there;
+    the experts compute in `compute_dtype` (FSDP's param dtype, which skips the parameters it ignores)."""
     for module in expert_modules(model):
         for name in _WEIGHTS:
             weight = getattr(module, name)
             sharded = distribute_tensor(weight.data, ep_mesh, [Shard(0)])
             module.register_parameter(name, nn.Parameter(sharded, requires_grad=weight.requires_grad))
-        module.forward = partial(_dispatch_run_combine, module, ep_mesh)
+        module.forward = partial(_dispatch_run_combine, module, ep_mesh, compute_dtype)
 
 
 def _dispatch_run_combine(
-    experts: GroupedExperts, mesh: DeviceMesh, x: torch.Tensor, counts: torch.Tensor
+    experts: GroupedExperts, mesh: DeviceMesh, dtype: torch.dtype, x: torch.Tensor, counts: torch.Tensor
 ) -> torch.Tensor:
     """GroupedExperts.forward under expert parallel: x [M, D] sorted by global expert, counts [E]."""
     ep, group = mesh.size(), mesh.get_group()
@@ -78,7 +79,7 @@ def _dispatch_run_combine(
     in_splits, out_splits = sent.sum(1).tolist(), received.sum(1).tolist()
     arrived = _AllToAll.apply(x, out_splits, in_splits, group)
     order = _source_major_to_expert_major(received)
-    weights = (getattr(experts, name).to_local() for name in _WEIGHTS)
+    weights = (getattr(experts, name).to_local().to(dtype) for name in _WEIGHTS)
     y = experts.run(arrived[order], received.sum(0), *weights)
     back = torch.empty_like(y).index_copy_(0, order, y)
     return _AllToAll.apply(back, in_splits, out_splits, group)

@@ -204,7 +204,7 @@ def build_model(
     if dims.tp > 1:
         apply_tensor_parallel(model, info.mesh["tp"])
     if dims.ep > 1:
-        apply_expert_parallel(model, info.ep_mesh())
+        apply_expert_parallel(model, info.ep_mesh(), param_dtype(pcfg, info.device))
     apply_activation_checkpointing(model.layers, pcfg)
     if pcfg.compile:
         for block in model.layers:
