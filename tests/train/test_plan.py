@@ -41,6 +41,27 @@ def test_plan_shards_parameters_and_optimizer_state_over_fsdp_ranks_and_times_th
     assert one["tokens_per_s"] == pytest.approx(512 / one["step_s"])
 
 
+def test_plan_splits_tensor_parallel_and_expert_parallel_layouts_over_their_ranks(jobs):
+    cpu = ("--device=cpu", "--json")
+    single = json.loads(plan(jobs, "--world-size=1", *cpu).stdout)["memory"]
+    tp = plan(jobs, "parallel.tp=2", "--world-size=2", *cpu)
+    assert tp.returncode == 0, tp.stderr
+    # every weight but the norms is a DTensor shard over the 2 TP ranks, and so is its AdamW state
+    held = json.loads(tp.stdout)["memory"]
+    assert held["params_per_rank"] < 0.55 * single["params_per_rank"]
+    assert held["optimizer"] < 0.55 * single["optimizer"]
+
+    fsdp = plan(jobs, "model=micro_moe", "parallel=fsdp", "--world-size=2", *cpu)
+    ep = plan(jobs, "model=micro_moe", "parallel=fsdp", "parallel.ep=2", "--world-size=2", *cpu)
+    assert fsdp.returncode == 0 and ep.returncode == 0, fsdp.stderr + ep.stderr
+    fsdp_mem, ep_mem = json.loads(fsdp.stdout)["memory"], json.loads(ep.stdout)["memory"]
+    # the experts move from FSDP shards to whole experts per rank: the same bytes held, counted as parameters
+    assert ep_mem["params"] == pytest.approx(fsdp_mem["params"], rel=0.02)
+    assert ep_mem["optimizer"] == pytest.approx(fsdp_mem["optimizer"], rel=0.02)
+    # and the routed tokens travel: the all-to-all's receive buffers add to the step's peak
+    assert ep_mem["peak"] > fsdp_mem["peak"]
+
+
 def test_a_layout_that_does_not_fit_exits_3_and_names_the_knob_that_helps_most(jobs):
     proc = plan(jobs, "--world-size=1", "--device=a100-40gb", "--memory-gib=0.002")
     assert proc.returncode == 3, proc.stderr

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker, _FSDPRefType
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
@@ -43,8 +44,19 @@ from model.loss import lm_cross_entropy
 from train.activation_checkpointing import apply_activation_checkpointing
 from train.config import ParallelConfig, grad_accum_steps
 from train.loop import lm_loss
+from train.expert_parallel import expert_params
 from train.optim import build_optimizer
-from train.parallel import DistInfo, autocast, build_model, grad_sync, init_distributed, param_dtype
+from train.parallel import (
+    DistInfo,
+    autocast,
+    build_model,
+    finish_gradients,
+    grad_sync,
+    init_distributed,
+    loss_context,
+    param_dtype,
+)
+from train.plan.values import BalancedRouting
 
 
 @dataclass
@@ -102,6 +114,18 @@ def _build(cfg: RunConfig, pcfg: ParallelConfig, info: DistInfo) -> torch.nn.Mod
     return model
 
 
+def _track_expert_params(tracker: FSDPMemTracker, model: torch.nn.Module) -> None:
+    """FSDPMemTracker counts the parameters FSDP manages; under expert parallel the experts are left out of
+    FSDP, so their shards (held before the trace starts) and gradients are named here as FSDP's would be."""
+
+    def on_grad(param: torch.Tensor) -> None:
+        tracker._update_and_maybe_create_winfos(param.grad, _FSDPRefType.SHARDED_GRAD)
+
+    for param in expert_params(model):
+        tracker._update_and_maybe_create_winfos(param, _FSDPRefType.SHARDED_PARAM)
+        param.register_post_accumulate_grad_hook(on_grad)
+
+
 def _bytes(snapshot: dict, *names: str) -> int:
     return sum(v for k, v in snapshot.items() if str(getattr(k, "value", k)) in names)
 
@@ -113,13 +137,14 @@ def trace_memory(cfg: RunConfig, world_size: int, gpu: bool) -> MemoryBreakdown:
     with fake_process_group(world_size):
         info = init_distributed(pcfg, "cpu")
         accum = grad_accum_steps(cfg.trainer, info.dims.dp_size)
-        with FakeTensorMode():
+        with FakeTensorMode(), BalancedRouting():
             model = _build(cfg, pcfg, info)
             optimizer = build_optimizer(model, cfg.optim, info.device)
             tokens = torch.randint(0, cfg.model.vocab_size, (trainer.micro_batch, trainer.seq_len))
             if info.dims.fsdp:
                 tracker: MemTracker = FSDPMemTracker(mod=model, optm=optimizer)
                 tracker.track_inputs((tokens,))
+                _track_expert_params(tracker, model)
             else:
                 tracker = MemTracker()
                 tracker.track_external(model, optimizer)
@@ -128,11 +153,12 @@ def trace_memory(cfg: RunConfig, world_size: int, gpu: bool) -> MemoryBreakdown:
                     # Two micro-steps stand for any accumulation: the second holds the first's gradients.
                     micro_steps = min(accum, 2)
                     for micro in range(micro_steps):
-                        with grad_sync(model, micro == micro_steps - 1), autocast(pcfg, info):
-                            loss, aux = lm_loss(model, tokens, tokens)
-                        (loss if aux is None else loss + aux).backward()
+                        with grad_sync(model, micro == micro_steps - 1), loss_context(info):
+                            with autocast(pcfg, info):
+                                loss, aux = lm_loss(model, tokens, tokens)
+                            (loss if aux is None else loss + aux).backward()
                         tracker.reset_mod_stats()  # per-module stats only; the peak is kept
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    finish_gradients(model, info, cfg.trainer.grad_clip or math.inf)
                     optimizer.step()
                     steady = tracker.get_tracker_snapshot("current")[info.device]
                     optimizer.zero_grad(set_to_none=True)
