@@ -43,8 +43,8 @@ from model import Transformer
 from model.loss import lm_cross_entropy
 from train.activation_checkpointing import apply_activation_checkpointing
 from train.config import ParallelConfig, grad_accum_steps
-from train.loop import lm_loss
 from train.expert_parallel import expert_params
+from train.loop import lm_loss
 from train.optim import build_optimizer
 from train.parallel import (
     DistInfo,
