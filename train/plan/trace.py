@@ -17,8 +17,12 @@ Written by hand, because those tools lack it:
   one micro-batch of hidden states, less the gradients it returns.
 - torch.compile is not traced (planned as eager); compiled blocks fuse elementwise ops and usually need less.
 
-Tensor parallel: the degrees live in parallel.*, so the mesh `init_distributed` builds and the TP plan
-`build_model` applies reach the trace unchanged; the micro-batch arithmetic counts data-parallel ranks.
+Tensor and expert parallel: the degrees live in parallel.*, so the mesh `init_distributed` builds, the TP
+plan and the expert sharding `build_model` applies reach the trace unchanged (DTensor shards of the weights,
+vocab-sharded logits under the loop's `loss_context`, the all-to-all's send and receive buffers); the
+micro-batch arithmetic counts data-parallel ranks. An MoE step turns routing counts into shapes, which fake
+tensors lack: values.py gives it the balanced load a plan assumes. The experts expert parallel leaves out of
+FSDP are named to FSDPMemTracker as its sharded parameters and gradients (it counts only FSDP's).
 """
 
 from __future__ import annotations
