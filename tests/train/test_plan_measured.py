@@ -1,6 +1,7 @@
 """The planner against measurement: planned peak memory of real CPU jobs (1 and 2 ranks, with and without
-activation checkpointing) within a stated tolerance of the measured one, through `python -m bench.plan`
-(see its docstring for what is measured: peak RSS above a floor job's)."""
+activation checkpointing, tensor parallel, an MoE model under expert parallel) within a stated tolerance of
+the measured one, through `python -m bench.plan` (see its docstring for what is measured: peak RSS above a
+floor job's, with glibc's mmap threshold fixed so that the RSS follows the live tensors)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,18 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("data_root")]
 
-TOLERANCE = (0.4, 1.3)
-"""planned / measured: the tracer counts tensors only; the measured RSS adds the allocator's slack and what
-torch holds outside tensors (autograd graph, gloo buffers, rank 0's full-model init copy). Measured with
-`python -m bench.plan` on a loaded 2-core machine: 0.60 (1 rank), 0.46 (1 rank, full), 0.69 (2 ranks FSDP):
-the RSS sits 0.11-0.19 GiB above the plan in every case, an offset the tiny CPU model makes look large."""
+TOLERANCE = (0.85, 1.1)
+"""planned / measured. The planner counts tensors only, and matches torch's MemTracker on the real tensors of
+a CPU step to the byte; the RSS adds what a job holds beyond the floor job in small heap blocks (tensors
+under the 64 KiB mmap threshold, autograd nodes, gloo and DTensor bookkeeping): 0.00-0.01 GiB here.
+Measured with `OMP_NUM_THREADS=1 python -m bench.plan --steps 3` on a loaded 2-core machine: 0.93-1.01 over
+all eleven cases, 0.94-1.01 on these four (README). Without the fixed threshold glibc keeps freed tensors
+resident and the same cases measure 0.43-0.79."""
 
 
 def test_planned_peak_memory_is_within_tolerance_of_the_measured_peak(tmp_path, jobs):
     out = tmp_path / "plan.json"
-    cases = ["1rank", "1rank-full", "2rank-fsdp"]
+    cases = ["1rank", "1rank-full", "2rank-tp", "2rank-ep"]
     command = [sys.executable, "-m", "bench.plan", "--steps", "2", "--json", str(out), "--cases", *cases]
     proc = subprocess.run(command, cwd=jobs.repo, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
