@@ -9,6 +9,8 @@ know:
 - `bincount` of values it does not know (the router's choices) counts the same slots for every bin: the
   balanced load the router's bias (or auxiliary loss) steers towards, which is what a plan can promise;
   a skewed router holds more on its busiest expert than planned;
+- the slots a capacity limit keeps (`nonzero` of a mask it does not know) are all of them: at a balanced
+  load none overflows a capacity factor of 1 or more;
 - an all-to-all of a known tensor receives what it sent: every rank's balanced counts are alike;
 - an op whose tensor inputs are all known computes its shadow on the real values (views, sums, cumsum,
   arange, cat: the index arithmetic of train/expert_parallel.py);
@@ -94,6 +96,14 @@ class BalancedRouting(TorchDispatchMode):
             minlength = kwargs.get("minlength", args[2] if len(args) > 2 else 0)
             with _disable_current_modes():
                 real = _balanced_bincount(args[0], minlength)
+            out = torch.empty(real.shape, dtype=real.dtype, device=args[0].device)
+            self.known[out] = real
+            return out
+        if func is torch.ops.aten.nonzero.default and not all_known:
+            # a capacity mask (model.moe_capacity_factor): at a balanced load no expert overflows a
+            # capacity of factor >= 1, so every slot is kept (a factor below 1 is planned as if 1)
+            with _disable_current_modes():
+                real = torch.ones(args[0].shape, dtype=torch.bool).nonzero()
             out = torch.empty(real.shape, dtype=real.dtype, device=args[0].device)
             self.known[out] = real
             return out
