@@ -95,8 +95,8 @@ class DiagnosticsRecorder:
         self._context.clear()
 
     def _block_hook(self, i: int):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            x = output.detach().float()
+        def hook(module: nn.Module, args: tuple, output: tuple[torch.Tensor, dict]) -> None:
+            x = output[0].detach().float()  # the block returns (x, its auxiliary losses)
             peak = x.abs().amax()
             self._records[f"act_max/L{i}"].append(peak)
             self._records[f"act_ratio/L{i}"].append(peak / x.pow(2).mean().sqrt().clamp(min=1e-30))

@@ -12,8 +12,9 @@
   supports it, else one matmul per expert (model.moe_impl); on CPU the two give bitwise the same numbers.
 - Balancing: the bias update (`Router.balance`, applied by the trainer after each step from the loads the
   router counted, train/moe.py) and/or the Switch auxiliary loss; the router z-loss. The losses, weighted by
-  their coefficients, go into the forward's `aux_losses` dict as `moe_aux/L<i>` and `moe_z/L<i>`
-  (model/feed_forward.py); the trainer adds them to the loss.
+  their coefficients, go into the block's `aux_losses` dict as `moe_aux/L<i>` and `moe_z/L<i>`
+  (model/feed_forward.py), leave the model through `Transformer.forward(..., return_aux=True)`, and the
+  trainer adds them to the loss.
 
 No torch.distributed here: expert parallelism and the all-reduce of the loads belong to train/.
 """
