@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model import ModelConfig, Transformer
 from model.flops import flops_per_token
-from model.moe import MoE, load_balance_loss, router_z_loss
+from model.moe import MoE, dropped_share, load_balance_loss, router_z_loss
 
 DENSE = ModelConfig(vocab_size=96, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, ffn_hidden=48)
 MOE = dataclasses.replace(DENSE, moe_experts=4, moe_top_k=2, moe_hidden=24)
@@ -92,6 +93,38 @@ def test_auxiliary_losses_leave_the_forward_weighted_by_their_coefficients() -> 
         torch.testing.assert_close(reported[f"moe_aux/L{i}"], 0.5 * load_balance_loss(routing))
         torch.testing.assert_close(reported[f"moe_z/L{i}"], 0.01 * router_z_loss(routing))
     assert all(loss.requires_grad for loss in reported.values())  # the router learns from them
+
+
+def test_capacity_drops_each_experts_lowest_scoring_assignments_and_keeps_the_rest() -> None:
+    # 4 tokens, 4 experts, top-2, factor 0.5: each expert takes ceil(0.5 * 4 * 2 / 4) = 1 assignment.
+    cfg = dataclasses.replace(MOE, moe_shared_experts=1, moe_capacity_factor=0.5)
+    torch.manual_seed(0)
+    moe = MoE(cfg, layer_idx=0)
+    moe.init_weights(0.02, 0.02)
+    logits = torch.tensor([[3.0, 2, 0, 0], [4, 0, 2, 0], [0, 3, 0, 1], [0, 0, 3, 2]])  # [token, expert]
+    x = torch.eye(4, MOE.d_model)  # token t is the basis vector e_t, so its router logits are row t
+    with torch.no_grad():
+        moe.router.gate.weight.zero_()[:, :4] = logits.T
+    routings = []
+    moe.router.register_forward_hook(lambda m, a, out: routings.append(out))
+    with torch.no_grad():
+        out = moe(x)
+    (routing,) = routings
+    kept = [set(routing.experts[t][routing.kept[t]].tolist()) for t in range(4)]
+    # by probability, expert 0 keeps token 1 (0.85) over 0 (0.68); 1 keeps 2 over 0; 2: 3 over 1; 3: 3 over 2
+    assert kept == [set(), {0}, {1}, {2, 3}]
+    assert dropped_share(routing) == 0.5
+    w1, w2, w3 = moe.experts.w1, moe.experts.w2, moe.experts.w3
+    for t in range(4):
+        expected = moe.shared_experts(x[t])  # a token keeps the shared experts, and its other routed ones,
+        for e, weight in zip(routing.experts[t].tolist(), routing.weights[t], strict=True):
+            if e in kept[t]:  # at the weights routing gave them (no renormalisation over what is kept)
+                expected = expected + weight * (F.silu(w1[e] @ x[t]) * (w3[e] @ x[t])) @ w2[e].T
+        torch.testing.assert_close(out[t], expected)
+    moe.router.capacity_factor = 0.0  # dropless (the default): nothing dropped, and exactly 0 logged
+    with torch.no_grad():
+        moe(x)
+    assert routings[1].kept is None and dropped_share(routings[1]) == 0
 
 
 def test_first_dense_layers_keep_the_dense_feed_forward() -> None:

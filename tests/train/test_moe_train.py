@@ -38,11 +38,48 @@ def test_diff_v2_with_moe_trains_and_logs_router_metrics(tmp_path, jobs):
         assert 1.0 <= diag[-1][f"diag/moe_load_max/{layer}"] <= 4.0
         assert 0 < diag[-1][f"diag/moe_entropy/{layer}"] <= torch.log(torch.tensor(4.0)).item() + 1e-6
         assert diag[-1][f"diag/moe_z/{layer}"] > 0
+        assert diag[-1][f"diag/moe_dropped/{layer}"] == 0  # dropless by default
     exported = load_exported(run_dir)  # the routing biases the trainer moved travel with it
     biases = [v for k, v in exported.state_dict().items() if k.endswith("router.expert_bias")]
     assert len(biases) == 2 and all(b.abs().sum() > 0 for b in biases)
     sizes = load_trial(run_dir).metrics  # what the study report's table shows: total and active
     assert sizes["active_params"] == exported.num_active_params() < sizes["params"] == exported.num_params()
+
+
+CAPACITY = (
+    "model=micro_moe",
+    "model.moe_capacity_factor=0.5",
+    "trainer.max_steps=4",
+    "trainer.diag_interval=2",
+    "trainer.eval_interval=0",
+    "checkpoint.interval=0",
+)
+"""Each expert takes half the balanced load: at least half of the routed assignments are dropped."""
+
+
+def test_a_capacity_factor_drops_assignments_and_the_diagnostics_log_the_dropped_share(tmp_path, jobs):
+    assert jobs.in_process(tmp_path / "run", *CAPACITY).returncode == 0
+    diag = [row for row in jobs.metrics(tmp_path / "run") if "diag/moe_dropped/L0" in row]
+    assert [row["step"] for row in diag] == [2, 4]
+    for row in diag:
+        assert 0.5 <= row["diag/moe_dropped/L0"] < 1 and 0.5 <= row["diag/moe_dropped/L1"] < 1
+        assert row["diag/moe_dropped/max"] == max(row["diag/moe_dropped/L0"], row["diag/moe_dropped/L1"])
+
+
+@pytest.mark.slow
+def test_expert_parallel_with_a_capacity_factor_matches_one_process(tmp_path, jobs):
+    # The assignments over capacity are dropped before the all-to-all: the experts' ranks see fewer slots.
+    jobs.train(tmp_path / "single", *CAPACITY, "parallel=single")
+    jobs.train(tmp_path / "ep", *CAPACITY, "parallel=fsdp", "parallel.ep=2", nproc=2)
+    single, ep = jobs.metrics(tmp_path / "single"), jobs.metrics(tmp_path / "ep")
+    dropped = [
+        [row["diag/moe_dropped/max"] for row in run if "diag/moe_dropped/max" in row] for run in (single, ep)
+    ]
+    assert dropped[0] == dropped[1] and min(dropped[0]) >= 0.5
+    single_rows, ep_rows = jobs.train_rows(tmp_path / "single"), jobs.train_rows(tmp_path / "ep")
+    for step in range(1, 5):  # fp32; as without a capacity (test_expert_parallel_on_two_ranks_...)
+        assert ep_rows[step]["loss"] == pytest.approx(single_rows[step]["loss"], rel=1e-5), step
+        assert ep_rows[step]["grad_norm"] == pytest.approx(single_rows[step]["grad_norm"], rel=3e-5), step
 
 
 def test_moe_run_stopped_and_resumed_is_bit_identical_to_a_straight_one(tmp_path, jobs):
