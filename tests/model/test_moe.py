@@ -175,3 +175,22 @@ def test_diagnostics_report_each_moe_layers_load_entropy_and_losses() -> None:
     assert 0 < out["diag/moe_entropy/L1"] <= math.log(4) + 1e-6  # the probabilities, untouched by the bias
     assert out["diag/moe_aux/L1"] > 1.0 and out["diag/moe_z/L1"] > 0  # 1.0 would be balanced
     assert model.layers[1].feed_forward.router.tokens_per_expert.sum() == 0  # diagnostics count no load
+
+
+@pytest.mark.parametrize("capacity", [0.0, 0.5], ids=["dropless", "capacity"])
+def test_the_chunked_loss_gives_an_moe_model_the_whole_logits_loss_and_gradients(capacity: float) -> None:
+    cfg = dataclasses.replace(MOE, moe_aux_coef=0.1, moe_z_coef=0.01, moe_capacity_factor=capacity)
+    results = []
+    for chunk in (0, 7):
+        torch.manual_seed(0)
+        model = Transformer(dataclasses.replace(cfg, loss_chunk_tokens=chunk))
+        loss, aux = model(tokens(3, 16), targets=tokens(3, 16, seed=1), return_aux=True)
+        (loss + sum(aux.values())).backward()
+        results.append((loss.detach(), aux, {n: p.grad for n, p in model.named_parameters()}))
+    (whole, whole_aux, whole_grads), (chunked, chunked_aux, chunked_grads) = results
+    # fp32: only the order of the loss's sums differs (model/loss.py); the routing is the same
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+    assert chunked_aux.keys() == whole_aux.keys() and len(whole_aux) == 4
+    assert all(torch.equal(chunked_aux[k], whole_aux[k]) for k in whole_aux)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
