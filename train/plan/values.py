@@ -21,7 +21,7 @@ know:
 from __future__ import annotations
 
 import torch
-from torch._subclasses.fake_tensor import DataDependentOutputException
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
@@ -81,6 +81,8 @@ class BalancedRouting(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
         tensors = [x for x in tree_flatten((args, kwargs))[0] if isinstance(x, torch.Tensor)]
+        if not all(isinstance(t, FakeTensor) for t in tensors):
+            return func(*args, **kwargs)  # real tensors (a DeviceMesh's ranks) and DTensors keep their values
         all_known = all(t in self.known for t in tensors)
         if func is torch.ops.aten._local_scalar_dense.default:
             if all_known:
