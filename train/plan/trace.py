@@ -141,7 +141,8 @@ def trace_memory(cfg: RunConfig, world_size: int, gpu: bool) -> MemoryBreakdown:
     with fake_process_group(world_size):
         info = init_distributed(pcfg, "cpu")
         accum = grad_accum_steps(cfg.trainer, info.dims.dp_size)
-        with FakeTensorMode(), BalancedRouting():
+        fake_mode = FakeTensorMode()
+        with fake_mode, BalancedRouting(fake_mode):
             model = _build(cfg, pcfg, info)
             optimizer = build_optimizer(model, cfg.optim, info.device)
             tokens = torch.randint(0, cfg.model.vocab_size, (trainer.micro_batch, trainer.seq_len))

@@ -21,7 +21,7 @@ know:
 from __future__ import annotations
 
 import torch
-from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensor
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
@@ -71,12 +71,20 @@ def _balanced_bincount(slots: torch.Tensor, minlength: int) -> torch.Tensor:
 class BalancedRouting(TorchDispatchMode):
     """Real shadows of small integer fake tensors (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fake_mode: FakeTensorMode) -> None:
         super().__init__()
+        self.fake_mode = fake_mode
         self.known: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
     def _real(self, x: object) -> object:
         return self.known[x] if isinstance(x, torch.Tensor) else x
+
+    def _fake_of(self, real: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """A fake tensor shadowed by `real` (called with the modes off: the fake mode is entered here)."""
+        with self.fake_mode:
+            out = torch.empty(real.shape, dtype=real.dtype, device=device)
+        self.known[out] = real
+        return out
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
@@ -97,18 +105,12 @@ class BalancedRouting(TorchDispatchMode):
         if func is torch.ops.aten.bincount.default and not all_known:
             minlength = kwargs.get("minlength", args[2] if len(args) > 2 else 0)
             with _disable_current_modes():
-                real = _balanced_bincount(args[0], minlength)
-            out = torch.empty(real.shape, dtype=real.dtype, device=args[0].device)
-            self.known[out] = real
-            return out
+                return self._fake_of(_balanced_bincount(args[0], minlength), args[0].device)
         if func is torch.ops.aten.nonzero.default and not all_known:
             # a capacity mask (model.moe_capacity_factor): at a balanced load no expert overflows a
             # capacity of factor >= 1, so every slot is kept (a factor below 1 is planned as if 1)
             with _disable_current_modes():
-                real = torch.ones(args[0].shape, dtype=torch.bool).nonzero()
-            out = torch.empty(real.shape, dtype=real.dtype, device=args[0].device)
-            self.known[out] = real
-            return out
+                return self._fake_of(torch.ones(args[0].shape, dtype=torch.bool).nonzero(), args[0].device)
         out = func(*args, **kwargs)
         if func in _WRITES_INTO_FIRST:
             if args[1] in self.known:
