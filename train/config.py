@@ -138,7 +138,8 @@ class ParallelConfig:
     ep: int = 1
     """Expert-parallel degree: each MoE layer's routed experts split over this many ranks, tokens exchanged
     by all-to-all (train/expert_parallel.py). Borrowed from the data-parallel ranks (they still see different
-    batches): must equal parallel.dp_shard for now and divide model.moe_experts."""
+    batches): must divide parallel.dp_shard (the experts are FSDP-sharded over the dp_shard / ep ranks that
+    hold the same ones, and replicated over dp_replicate) and model.moe_experts."""
     mixed_precision: MixedPrecision = MixedPrecision.auto
     """auto (bf16 params + fp32 reduce on CUDA, fp32 on CPU) | bf16 | fp32."""
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
