@@ -133,8 +133,9 @@ class ParallelConfig:
     """Ranks FSDP2 shards parameters, gradients and optimizer state over (1: no FSDP); -1: what remains."""
     tp: int = 1
     """Tensor-parallel degree: heads and FFN columns split over this many ranks of one node, with
-    sequence-parallel norms and a vocab-sharded loss (train/tensor_parallel.py). Must divide model.n_kv_heads
-    (DIFF V1: n_kv_heads / 2) so every differential pair and its K/V heads sit on one rank."""
+    sequence-parallel norms and a vocab-sharded loss (train/tensor_parallel.py); an MoE feed-forward stays
+    whole, each rank routing its own sequence shard. Must divide model.n_kv_heads (DIFF V1: n_kv_heads / 2) so
+    every differential pair and its K/V heads sit on one rank."""
     ep: int = 1
     """Expert-parallel degree: each MoE layer's routed experts split over this many ranks, tokens exchanged
     by all-to-all (train/expert_parallel.py). Borrowed from the data-parallel ranks (they still see different
@@ -293,12 +294,13 @@ def _parallel_settings(parallel: ParallelConfig, model: ModelConfig, seq_len: in
     check_ep_fits_model(dims, model)
     if seq_len % dims.tp:  # sequence parallel splits every window's positions over the TP ranks
         raise ConfigError(f"parallel.tp={dims.tp} must divide trainer.seq_len={seq_len}")
-    if dims.fsdp and model.moe_experts and (model.moe_aux_coef or model.moe_z_coef):
+    if (dims.fsdp or dims.tp > 1) and model.moe_experts and (model.moe_aux_coef or model.moe_z_coef):
         # The losses leave each block through the forward's aux_losses dict, not its output, so FSDP2 has no
-        # pre-backward hook on them; untested under sharding, so refused until a test holds it.
+        # pre-backward hook on them; under TP each rank would take them on its own sequence shard. Untested
+        # under sharding, so refused until a test holds it.
         raise ConfigError(
             f"model.moe_aux_coef={model.moe_aux_coef} / model.moe_z_coef={model.moe_z_coef} need "
-            f"a layout without FSDP (got {dims.describe()}); with FSDP balance by the bias update alone "
+            f"a layout without FSDP or TP (got {dims.describe()}); there balance by the bias update alone "
             "(model.moe_bias_rate, the default) and set both coefficients to 0"
         )
     return dims.dp_size

@@ -111,8 +111,6 @@ def check_ep_fits_model(dims: ParallelDims, model: ModelConfig) -> None:
             f"parallel.ep={dims.ep} must divide model.moe_experts={model.moe_experts} (each rank holds "
             "moe_experts / ep whole experts)"
         )
-    if dims.tp > 1:
-        raise ConfigError(f"parallel.ep={dims.ep} with parallel.tp={dims.tp} is not supported; set one to 1")
     if dims.dp_shard % dims.ep:
         raise ConfigError(
             f"parallel.ep={dims.ep} must divide parallel.dp_shard={dims.dp_shard}: the experts are split "

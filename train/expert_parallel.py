@@ -3,7 +3,10 @@
 The mesh: ep divides dp_shard, and the dp_shard dim splits into (dp_shard_mod_ep, ep), ep innermost
 (`expert_mesh`, torchtitan's dp_shard_mod_ep x dp_shard_in_ep). The ep ranks of one group hold different
 experts and exchange tokens; the ranks at the same ep index (dp_shard_mod_ep of them, and the dp_replicate
-replicas) hold the same experts: the "expert data-parallel" group.
+replicas) hold the same experts: the "expert data-parallel" group. With tensor parallel the ep ranks that
+exchange tokens are those at one TP index: each TP rank routes its own sequence shard
+(train/tensor_parallel.py), and the TP ranks of a group hold the same experts, whose gradients are summed
+over them there.
 
 Installed by train/ on the meta model before FSDP (model/ stays free of torch.distributed): each
 GroupedExperts' w1, w2, w3 [E, ...] become DTensors sharded on the expert dim over the ep mesh (a rank's
