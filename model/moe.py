@@ -43,9 +43,18 @@ class Routing(NamedTuple):
     """[T, k] fp32 weights of the chosen experts' outputs."""
 
 
+def expert_counts(experts: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """[E] int64 routed slots per expert. A scatter of ones, not bincount: its shape does not depend on the
+    values, so the planner can trace it on fake tensors (train/plan)."""
+    slots = experts.flatten()
+    return torch.zeros(n_experts, dtype=torch.int64, device=slots.device).index_add_(
+        0, slots, torch.ones_like(slots)
+    )
+
+
 def expert_load(experts: torch.Tensor, n_experts: int) -> torch.Tensor:
     """[E] routed slots per expert, as float (sums of them stay exact far past any batch's size)."""
-    return torch.bincount(experts.flatten(), minlength=n_experts).float()
+    return expert_counts(experts, n_experts).float()
 
 
 def load_balance_loss(routing: Routing) -> torch.Tensor:
@@ -183,7 +192,7 @@ class MoE(nn.Module):
         routing = self.router(flat)
         slots = routing.experts.flatten()  # [T * k]: slot s belongs to token s // k
         order = torch.argsort(slots, stable=True)  # slots grouped by expert, tokens in order within each
-        counts = torch.bincount(slots, minlength=self.n_experts)
+        counts = expert_counts(slots, self.n_experts)
         out_sorted = self.experts(flat[order // self.top_k], counts)
         # Unsort by a scatter of distinct indices and sum each token's k outputs: deterministic on every
         # device, unlike an index_add of the sorted outputs into the tokens.

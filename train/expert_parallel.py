@@ -41,6 +41,7 @@ from functools import partial
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Shard, distribute_tensor
 
@@ -96,14 +97,27 @@ def _dispatch_run_combine(
     sent = counts.view(ep, -1)  # [ep, E / ep]: slots for each rank's experts
     received = torch.empty_like(sent)  # [source rank, my experts]
     dist.all_to_all_single(received, sent.contiguous(), group=group)
-    in_splits, out_splits = sent.sum(1).tolist(), received.sum(1).tolist()
+    in_splits, out_splits, order = _exchange_layout(x.shape[0], sent, received)
     arrived = _AllToAll.apply(x, out_splits, in_splits, group)
-    order = _source_major_to_expert_major(received)
     # FSDP gathered the group's experts: each weight is this ep rank's E / ep experts, in its compute dtype.
     weights = (getattr(experts, name).to_local() for name in _WEIGHTS)
     y = experts.run(arrived[order], received.sum(0), *weights)
     back = torch.empty_like(y).index_copy_(0, order, y)
     return _AllToAll.apply(back, in_splits, out_splits, group)
+
+
+def _exchange_layout(
+    rows: int, sent: torch.Tensor, received: torch.Tensor
+) -> tuple[list[int], list[int], torch.Tensor]:
+    """Rows sent to each ep rank, rows received from each, and the order putting the received rows by expert.
+
+    On fake tensors (the planner, train/plan) the counts have no values: the routing is taken as even, every
+    rank sending rows / ep to each, which is the steady state the balancing steers to."""
+    if is_fake(sent):
+        ep = sent.shape[0]
+        even = [rows // ep + (r < rows % ep) for r in range(ep)]
+        return even, even, torch.arange(rows, device=sent.device)
+    return sent.sum(1).tolist(), received.sum(1).tolist(), _source_major_to_expert_major(received)
 
 
 def _source_major_to_expert_major(received: torch.Tensor) -> torch.Tensor:

@@ -266,6 +266,18 @@ def loss_context(info: DistInfo) -> contextlib.AbstractContextManager:
     return loss_parallel() if info.dims.tp > 1 else contextlib.nullcontext()
 
 
+def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all `grads` together, each element counted once, on every rank (see finish_gradients)."""
+    groups: dict[object, list[torch.Tensor]] = {}
+    for grad in grads:
+        groups.setdefault(grad.device_mesh if isinstance(grad, DTensor) else None, []).append(grad)
+    norms = []
+    for group in groups.values():
+        norm = torch.nn.utils.get_total_norm(group)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    return torch.linalg.vector_norm(torch.stack(norms)) if len(norms) > 1 else norms[0]
+
+
 def finish_gradients(model: nn.Module, info: DistInfo, max_norm: float) -> float:
     """After the last micro-step's backward: completes TP-partial gradients, then clips all gradients to
     `max_norm` (inf: none) by their global norm, which it returns.
@@ -278,14 +290,7 @@ def finish_gradients(model: nn.Module, info: DistInfo, max_norm: float) -> float
     if info.dims.ep > 1:
         scale_expert_grads(model, info.dims.ep)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    groups: dict[object, list[torch.Tensor]] = {}
-    for grad in grads:
-        groups.setdefault(grad.device_mesh if isinstance(grad, DTensor) else None, []).append(grad)
-    norms = []
-    for group in groups.values():
-        norm = torch.nn.utils.get_total_norm(group)
-        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
-    total = torch.linalg.vector_norm(torch.stack(norms)) if len(norms) > 1 else norms[0]
+    total = grad_norm(grads)
     # as torch.nn.utils.clip_grads_with_norm_: grads scaled by min(1, max_norm / (norm + 1e-6))
     coef = (max_norm / (total + 1e-6)).item()
     if coef < 1.0:
