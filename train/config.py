@@ -294,14 +294,14 @@ def _parallel_settings(parallel: ParallelConfig, model: ModelConfig, seq_len: in
     check_ep_fits_model(dims, model)
     if seq_len % dims.tp:  # sequence parallel splits every window's positions over the TP ranks
         raise ConfigError(f"parallel.tp={dims.tp} must divide trainer.seq_len={seq_len}")
-    if (dims.fsdp or dims.tp > 1) and model.moe_experts and (model.moe_aux_coef or model.moe_z_coef):
-        # The losses leave each block through the forward's aux_losses dict, not its output, so FSDP2 has no
-        # pre-backward hook on them; under TP each rank would take them on its own sequence shard. Untested
-        # under sharding, so refused until a test holds it.
+    if dims.tp > 1 and model.moe_experts and (model.moe_aux_coef or model.moe_z_coef):
+        # Under TP each rank routes its own sequence shard (train/tensor_parallel.py), so it would take these
+        # batch means over its shard alone; refused until they are reduced over the TP group.
         raise ConfigError(
-            f"model.moe_aux_coef={model.moe_aux_coef} / model.moe_z_coef={model.moe_z_coef} need "
-            f"a layout without FSDP or TP (got {dims.describe()}); there balance by the bias update alone "
-            "(model.moe_bias_rate, the default) and set both coefficients to 0"
+            f"model.moe_aux_coef={model.moe_aux_coef} / model.moe_z_coef={model.moe_z_coef} with "
+            f"parallel.tp={dims.tp}: each TP rank routes its own sequence shard, and these losses would be "
+            "taken over the shard; balance by the bias update alone (model.moe_bias_rate, the default) and "
+            "set both coefficients to 0, or use parallel.tp=1"
         )
     return dims.dp_size
 
