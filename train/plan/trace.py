@@ -17,19 +17,19 @@ Written by hand, because those tools lack it:
   one micro-batch of hidden states, less the gradients it returns.
 - torch.compile is not traced (planned as eager); compiled blocks fuse elementwise ops and usually need less.
 
-Tensor and expert parallel: the degrees live in parallel.*, so the mesh `init_distributed` builds, the TP
-plan and the expert sharding `build_model` applies reach the trace unchanged (DTensor shards of the weights,
-vocab-sharded logits under the loop's `loss_context`, the all-to-all's send and receive buffers); the
-micro-batch arithmetic counts data-parallel ranks. An MoE step turns routing counts into shapes, which fake
-tensors lack: values.py gives it the balanced load a plan assumes. The experts expert parallel leaves out of
-FSDP are named to FSDPMemTracker as its sharded parameters and gradients (it counts only FSDP's).
+Tensor and expert parallel: the degrees live in parallel.*, so the meshes `init_distributed` builds and the TP
+plan and expert dispatch `build_model` applies reach the trace unchanged (the loss under `loss_context`, the
+norm by `grad_norm`, as the loop takes them); the micro-batch arithmetic counts data-parallel ranks. The MoE's
+routing has no values on fake tensors: expert dispatch takes it as even (train/expert_parallel.py); a CPU
+(fp32) plan answers the experts' grouped matmuls by their shapes (grouped_mm.py). Not traced: TP without
+FSDP when the model has plain (unsharded) parameters (DIFF V1's lambdas, an MoE), which cannot be
+materialised under FakeTensorMode (see DDP above).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,9 +37,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker, _FSDPRefType
+from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from torch.distributed._tools.mem_tracker import MemTracker
+from torch.distributed.device_mesh import DeviceMesh
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from conf import RunConfig
@@ -47,20 +48,19 @@ from model import Transformer
 from model.loss import lm_cross_entropy
 from train.activation_checkpointing import apply_activation_checkpointing
 from train.config import ParallelConfig, grad_accum_steps
-from train.expert_parallel import expert_params
 from train.loop import lm_loss
 from train.optim import build_optimizer
 from train.parallel import (
     DistInfo,
     autocast,
     build_model,
-    finish_gradients,
+    grad_norm,
     grad_sync,
     init_distributed,
     loss_context,
     param_dtype,
 )
-from train.plan.values import BalancedRouting
+from train.plan.grouped_mm import AnyDtypeGroupedMM
 
 
 @dataclass
@@ -103,6 +103,24 @@ def fake_process_group(world_size: int) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def _meshes_stay_real() -> Iterator[None]:
+    """fully_shard builds the 2-D (dp, tp or ep) mesh of a DTensor parameter itself
+    (`DeviceMesh._concatenate`), here inside FakeTensorMode, where the mesh's rank tensor would turn fake and
+    its layout checks fail; the mesh is made outside fake mode instead, as every other mesh of the job is."""
+    concatenate = DeviceMesh._concatenate
+
+    def real_concatenate(meshes: list[DeviceMesh]) -> DeviceMesh:
+        with unset_fake_temporarily():
+            return concatenate(meshes)
+
+    DeviceMesh._concatenate = staticmethod(real_concatenate)
+    try:
+        yield
+    finally:
+        DeviceMesh._concatenate = staticmethod(concatenate)
+
+
 def planned_parallel(pcfg: ParallelConfig, gpu: bool) -> ParallelConfig:
     """The parallel section as traced: on a GPU target `auto` precision means bf16; no compile (see above);
     sharded init (rank 0's full host copy at start-up is host memory, not the device's)."""
@@ -118,18 +136,6 @@ def _build(cfg: RunConfig, pcfg: ParallelConfig, info: DistInfo) -> torch.nn.Mod
     return model
 
 
-def _track_expert_params(tracker: FSDPMemTracker, model: torch.nn.Module) -> None:
-    """FSDPMemTracker counts the parameters FSDP manages; under expert parallel the experts are left out of
-    FSDP, so their shards (held before the trace starts) and gradients are named here as FSDP's would be."""
-
-    def on_grad(param: torch.Tensor) -> None:
-        tracker._update_and_maybe_create_winfos(param.grad, _FSDPRefType.SHARDED_GRAD)
-
-    for param in expert_params(model):
-        tracker._update_and_maybe_create_winfos(param, _FSDPRefType.SHARDED_PARAM)
-        param.register_post_accumulate_grad_hook(on_grad)
-
-
 def _bytes(snapshot: dict, *names: str) -> int:
     return sum(v for k, v in snapshot.items() if str(getattr(k, "value", k)) in names)
 
@@ -141,15 +147,13 @@ def trace_memory(cfg: RunConfig, world_size: int, gpu: bool) -> MemoryBreakdown:
     with fake_process_group(world_size):
         info = init_distributed(pcfg, "cpu")
         accum = grad_accum_steps(cfg.trainer, info.dims.dp_size)
-        fake_mode = FakeTensorMode()
-        with fake_mode, BalancedRouting(fake_mode):
+        with FakeTensorMode(), _meshes_stay_real(), AnyDtypeGroupedMM():
             model = _build(cfg, pcfg, info)
             optimizer = build_optimizer(model, cfg.optim, info.device)
             tokens = torch.randint(0, cfg.model.vocab_size, (trainer.micro_batch, trainer.seq_len))
             if info.dims.fsdp:
                 tracker: MemTracker = FSDPMemTracker(mod=model, optm=optimizer)
                 tracker.track_inputs((tokens,))
-                _track_expert_params(tracker, model)
             else:
                 tracker = MemTracker()
                 tracker.track_external(model, optimizer)
@@ -163,7 +167,9 @@ def trace_memory(cfg: RunConfig, world_size: int, gpu: bool) -> MemoryBreakdown:
                                 loss, aux = lm_loss(model, tokens, tokens)
                             (loss if aux is None else loss + aux).backward()
                         tracker.reset_mod_stats()  # per-module stats only; the peak is kept
-                    finish_gradients(model, info, cfg.trainer.grad_clip or math.inf)
+                    # The loop's clipping norm (gradients on several meshes with TP or EP); the scaling that
+                    # follows is in place and has no value to read here.
+                    grad_norm([p.grad for p in model.parameters() if p.grad is not None])
                     optimizer.step()
                     steady = tracker.get_tracker_snapshot("current")[info.device]
                     optimizer.zero_grad(set_to_none=True)
