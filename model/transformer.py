@@ -30,7 +30,7 @@ from .flops import flops_per_token
 from .generate import generate
 from .kernel import flash_available
 from .kv_cache import KVCache, KVCaches
-from .loss import lm_cross_entropy
+from .loss import LMHead, lm_cross_entropy
 from .moe import MoE
 from .rope import rope_tables
 from .variants import build_attention
@@ -77,7 +77,9 @@ class Transformer(nn.Module):
             self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
             self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
             self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-            self.output = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            self.output = (
+                None if cfg.tie_embeddings else LMHead(cfg.d_model, cfg.vocab_size, cfg.loss_chunk_tokens)
+            )
         # Non-persistent: not in checkpoints, recomputed by init_weights() after meta-device materialisation.
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -119,9 +121,9 @@ class Transformer(nn.Module):
 
         `aux_losses`: a dict the feed-forward modules add their auxiliary losses to (none for dense SwiGLU;
         the place a mixture of experts' balancing loss goes), for the trainer to add to the loss.
-        `targets` [B, N]: return the mean cross-entropy instead of the logits (fp32 scalar), chunked over
-        tokens per model.loss_chunk_tokens (model/loss.py); inside forward, so that FSDP's and DDP's hooks
-        see it."""
+        `targets` [B, N]: return the mean cross-entropy instead of the logits (fp32 scalar), fused with the
+        head in chunks of model.loss_chunk_tokens tokens (model/loss.py); inside forward, so that FSDP's
+        and DDP's hooks see it."""
         n = tokens.shape[1]
         start = caches.pos if caches else 0
         if start + n > self.cfg.max_seq_len:
@@ -134,13 +136,11 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, rel_pos, caches[i] if caches else None, docs, aux_losses)
         h = self.norm(h)
-        if targets is not None:
-            return lm_cross_entropy(h, targets, self._project, self.cfg.loss_chunk_tokens)
-        return self._project(h)
-
-    def _project(self, h: torch.Tensor) -> torch.Tensor:
-        """The LM head; a module call when untied, so hooks on `output` (a tensor-parallel plan) run."""
-        return F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
+        if self.output is not None:  # a module call, so hooks on `output` (a tensor-parallel plan) run
+            return self.output(h, targets)
+        if targets is None:
+            return F.linear(h, self.tok_embeddings.weight)
+        return lm_cross_entropy(h, self.tok_embeddings.weight, targets, self.cfg.loss_chunk_tokens)
 
     def _documents(self, tokens: torch.Tensor, caches: KVCaches | None) -> tuple[Documents, torch.Tensor]:
         """The document boundaries and positions of `tokens`, once per forward, in the form the kernel will

@@ -63,6 +63,25 @@ def _block_plan(attn: nn.Module) -> dict[str, object]:
     return plan
 
 
+class _VocabParallelHead(ColwiseParallel):
+    """ColwiseParallel for the LM head (model/loss.py's LMHead), called as head(hidden, targets): hidden is
+    gathered along the sequence (targets, whole on every TP rank, pass as they are); it returns
+    vocab-sharded logits, or with targets the loss (whole or chunked, on the sharded logits) as it is."""
+
+    @staticmethod
+    def _prepare_input_fn(input_layouts, desired_input_layouts, mod, inputs, device_mesh):  # noqa: ANN001, ANN205
+        hidden = ColwiseParallel._prepare_input_fn(
+            input_layouts, desired_input_layouts, mod, inputs, device_mesh
+        )
+        return (hidden, *inputs[1:])
+
+    @staticmethod
+    def _prepare_output_fn(output_layouts, use_local_output, mod, outputs, device_mesh):  # noqa: ANN001, ANN205
+        if outputs.ndim == 0:  # the loss, replicated on the TP ranks
+            return outputs
+        return ColwiseParallel._prepare_output_fn(output_layouts, use_local_output, mod, outputs, device_mesh)
+
+
 def _mark_partial_params(attn: nn.Module) -> None:
     """Names the attention's parameters the plan left whole (DIFF V1's lambda vectors and sub-norm): every
     local head uses them, so each rank's gradient is the sum over its own heads only."""
@@ -80,7 +99,7 @@ def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
             "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
             "norm": SequenceParallel(),
             # vocab-sharded logits stay DTensors for loss_parallel
-            "output": ColwiseParallel(
+            "output": _VocabParallelHead(
                 input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False
             ),
         },
