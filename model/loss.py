@@ -75,21 +75,46 @@ def _chunked_loss(
         if grads is None:
             loss = F.cross_entropy(logits.float(), t, reduction="sum")
         else:
-            with torch.enable_grad():
-                # torch's own log-softmax / NLL and their backward (loss_parallel's on vocab-sharded
-                # DTensors): the gradient the whole path computes, (softmax - onehot) / tokens, in fp32.
-                z = logits.detach().float().requires_grad_()
-                loss = F.cross_entropy(z, t, reduction="sum")
-                (grad_z,) = torch.autograd.grad(loss / total, z)
-            grad_logits = grad_z.to(logits.dtype)  # the head's compute dtype, as in the whole path's backward
-            del z, grad_z, logits
+            loss, grad_logits = _loss_and_logits_grad(logits, t, total)
+            del logits
             if grads.need_hidden:
                 grads.hidden.append(grad_logits.mm(weight))
             if grads.need_weight:
-                chunk_grad = grad_logits.t().mm(h)
-                grads.weight = chunk_grad.float() if grads.weight is None else grads.weight.add_(chunk_grad)
+                if grads.weight is None:
+                    grads.weight = grad_logits.t().mm(h).float()
+                elif grads.weight.dtype == grad_logits.dtype:  # fp32 compute: no temporary [vocab, D]
+                    grads.weight.addmm_(grad_logits.t(), h)
+                else:
+                    grads.weight.add_(grad_logits.t().mm(h))
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
     return loss_sum / total
+
+
+def _loss_and_logits_grad(
+    logits: torch.Tensor, targets: torch.Tensor, total: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk's summed loss (fp32) and the gradient of the mean loss with respect to its logits,
+    (softmax - onehot) / total tokens, computed in fp32 and returned in the logits' dtype (as the whole path's
+    backward has it)."""
+    if hasattr(logits, "placements"):
+        # A DTensor (tensor parallel; model/ does not import torch.distributed, so known by its placements):
+        # vocab-sharded under loss_parallel, whose softmax across ranks only torch's log-softmax / NLL ops
+        # and their backward implement.
+        with torch.enable_grad():
+            z = logits.detach().float().requires_grad_()
+            loss = F.cross_entropy(z, targets, reduction="sum")
+            (grad,) = torch.autograd.grad(loss / total, z)
+        return loss.detach(), grad.to(logits.dtype)
+    # Plain tensors: the same maths in place on one fp32 buffer (the logits themselves in fp32), where
+    # autograd's log-softmax and NLL would hold four.
+    z = logits.float()
+    target_logits = z.gather(1, targets[:, None]).squeeze(1)
+    row_max = z.amax(dim=-1, keepdim=True)
+    sum_exp = z.sub_(row_max).exp_().sum(dim=-1, keepdim=True)
+    loss = (row_max + sum_exp.log()).squeeze(1).sub_(target_logits).sum()
+    z.div_(sum_exp * total)  # softmax / total
+    z.scatter_add_(1, targets[:, None], z.new_full((targets.numel(), 1), -1.0 / total))
+    return loss, z.to(logits.dtype)
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
