@@ -30,8 +30,7 @@ def model_config(size: str, attention: str) -> ModelConfig:
 def step_seconds(model: Transformer, opt: torch.optim.Optimizer, tokens: torch.Tensor) -> float:
     """One training step (forward, cross-entropy + auxiliary losses, backward, optimizer), synchronised."""
     start = time.perf_counter()
-    aux_losses: dict[str, torch.Tensor] = {}
-    logits = model(tokens[:, :-1], aux_losses=aux_losses)
+    logits, aux_losses = model(tokens[:, :-1], return_aux=True)
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
     (loss + sum(aux_losses.values())).backward()
     opt.step()

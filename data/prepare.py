@@ -188,20 +188,27 @@ def _finished(cfg: DataConfig, out: Path) -> Path:
     return manifest_path
 
 
+def _resumed_progress(out: Path, settings: dict) -> dict:
+    """What an earlier run into `out` wrote (refused when its settings differ), else a fresh start; the
+    temporaries of a crashed run are removed (never visible, never complete)."""
+    progress_path = out / PROGRESS
+    for stale in out.glob(".*.tmp*"):
+        stale.unlink()
+    if progress_path.exists():
+        progress = json.loads(progress_path.read_text())
+        _check_settings(progress_path, progress.get("settings", {}), settings)
+        return progress
+    return {"settings": settings, "splits": {split: empty_split_state() for split in SPLITS}}
+
+
 def _prepare_locked(cfg: DataConfig, out: Path) -> Path:
     enc = tokenizer_for(cfg)
     dtype_for_vocab(enc.n_vocab)  # a vocabulary no shard dtype holds fails here, before anything is written
     fingerprint = encoding_fingerprint(enc)
     settings = _settings(cfg, enc)
     progress_path = out / PROGRESS
-    if progress_path.exists():
-        progress = json.loads(progress_path.read_text())
-        _check_settings(progress_path, progress.get("settings", {}), settings)
-    else:
-        progress = {"settings": settings, "splits": {split: empty_split_state() for split in SPLITS}}
+    progress = _resumed_progress(out, settings)
     workers = _num_workers(cfg)
-    for stale in out.glob(".*.tmp*"):  # temporaries of a crashed run: never visible, never complete
-        stale.unlink()
 
     def save_progress() -> None:
         atomic_write_json(progress_path, progress)

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import BinaryIO
 
 from data.credentials import redact
 
@@ -89,6 +90,18 @@ class LaunchStopped(BaseException):
         self.signum = signum
 
 
+def _copy_output(proc: subprocess.Popen, log: BinaryIO | None) -> None:
+    """Torchrun's output, line by line with credentials redacted, to our stdout and to the launch log."""
+    assert proc.stdout is not None
+    for raw in iter(proc.stdout.readline, b""):
+        line = redact(raw.decode(errors="surrogateescape")).encode(errors="surrogateescape")
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+        if log is not None:
+            log.write(line)
+            log.flush()
+
+
 def run_torchrun(
     cmd: Sequence[str],
     env: Mapping[str, str],
@@ -125,14 +138,7 @@ def run_torchrun(
         previous[signum] = signal.signal(signum, handler)
     log = log_path.open("ab") if log_path is not None else None
     try:
-        assert proc.stdout is not None
-        for raw in iter(proc.stdout.readline, b""):
-            line = redact(raw.decode(errors="surrogateescape")).encode(errors="surrogateescape")
-            sys.stdout.buffer.write(line)
-            sys.stdout.flush()
-            if log is not None:
-                log.write(line)
-                log.flush()
+        _copy_output(proc, log)
         rc = proc.wait()
         if stopped_by:
             raise LaunchStopped(stopped_by[0])

@@ -95,6 +95,12 @@ class ModelConfig:
     router probability of expert e; 1.0 when balanced), added to the training loss per MoE layer. 0: off."""
     moe_z_coef: float = 0.0
     """Weight of the router z-loss mean(logsumexp(router logits)^2) (ST-MoE: 1e-3), per MoE layer. 0: off."""
+    moe_capacity_factor: float = 0.0
+    """0: dropless, every routed assignment is computed however uneven the load (Megatron-LM's dropless MoE).
+    > 0: each expert takes at most ceil(factor * tokens * moe_top_k / moe_experts) assignments per forward
+    (tokens: the micro-batch's, on this rank), keeping its highest-scoring ones (router probability); a
+    dropped assignment contributes nothing, the token keeping its other experts, the shared experts and the
+    residual. 1.0 is exactly the balanced load; the diagnostics log the dropped share (moe_dropped)."""
     moe_impl: MoEImpl = MoEImpl.auto
     """Expert matmuls: grouped (one torch._grouped_mm per projection) | loop (one matmul per expert) | auto
     (grouped on CPU and on CUDA bf16 with compute capability >= 9.0, else loop). Same numbers either way."""
@@ -131,7 +137,7 @@ def _validate_moe(cfg: ModelConfig) -> None:
         value = getattr(cfg, field)
         if not isinstance(value, int) or value < 0:
             _fail(field, value, "must be a non-negative integer")
-    for field in ("moe_bias_rate", "moe_aux_coef", "moe_z_coef"):
+    for field in ("moe_bias_rate", "moe_aux_coef", "moe_z_coef", "moe_capacity_factor"):
         if not math.isfinite(getattr(cfg, field)) or getattr(cfg, field) < 0:
             _fail(field, getattr(cfg, field), "must be a finite number >= 0")
     if cfg.moe_impl not in list(MoEImpl):

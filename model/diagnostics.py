@@ -25,8 +25,10 @@ Per layer i (keys end in /L{i}); what the blog predicts in brackets:
 - MoE blocks only (model/moe.py), from the router's decision: moe_load_max, moe_load_min: the largest and
   smallest expert's share of the routed slots times E (1 = perfect balance; max E, min 0); moe_entropy: the
   router distribution's entropy in nats (log E = uniform); moe_aux: the Switch balance loss E * sum f_e P_e
-  (1 when balanced, whatever model.moe_aux_coef); moe_z: the router z-loss mean(logsumexp(logits)^2). Routing
-  is dropless, so no token is ever dropped. Overall: moe_load_max/max, moe_load_min/min, moe_entropy/mean.
+  (1 when balanced, whatever model.moe_aux_coef); moe_z: the router z-loss mean(logsumexp(logits)^2);
+  moe_dropped: the share of routed assignments over their expert's capacity (model.moe_capacity_factor),
+  exactly 0 when dropless (the default). Overall: moe_load_max/max, moe_load_min/min, moe_entropy/mean,
+  moe_dropped/max.
 Overall: act_max/max, act_ratio/max, qk_logit_max/max, context_rms/mean, context_rms_min/min,
 context_rms_max/max, sink_mass/mean, sink_mass_max/max, lambda_mean/mean.
 
@@ -48,7 +50,7 @@ import torch
 from torch import nn
 
 from .documents import document_positions
-from .moe import MoE, Routing, expert_load, load_balance_loss, router_entropy, router_z_loss
+from .moe import MoE, Routing, dropped_share, expert_load, load_balance_loss, router_entropy, router_z_loss
 from .transformer import TransformerBlock
 
 MAX_STATS = ("act_max", "act_ratio", "qk_logit_max", "moe_load_max")
@@ -95,8 +97,8 @@ class DiagnosticsRecorder:
         self._context.clear()
 
     def _block_hook(self, i: int):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            x = output.detach().float()
+        def hook(module: nn.Module, args: tuple, output: tuple[torch.Tensor, dict]) -> None:
+            x = output[0].detach().float()  # the block returns (x, its auxiliary losses)
             peak = x.abs().amax()
             self._records[f"act_max/L{i}"].append(peak)
             self._records[f"act_ratio/L{i}"].append(peak / x.pow(2).mean().sqrt().clamp(min=1e-30))
@@ -113,6 +115,7 @@ class DiagnosticsRecorder:
                 self._records[f"moe_entropy/L{i}"].append(router_entropy(routing))
                 self._records[f"moe_aux/L{i}"].append(load_balance_loss(routing))
                 self._records[f"moe_z/L{i}"].append(router_z_loss(routing))
+                self._records[f"moe_dropped/L{i}"].append(dropped_share(routing))
 
         return hook
 
@@ -218,6 +221,7 @@ class DiagnosticsRecorder:
             ("moe_load_max", "max"),
             ("moe_load_min", "min"),
             ("moe_entropy", "mean"),
+            ("moe_dropped", "max"),
         ):
             per_layer = [v for k, v in out.items() if k.startswith(f"diag/{stat}/L")]
             if per_layer:

@@ -1,8 +1,9 @@
 """The block's feed-forward: an interface, the dense SwiGLU, and the registry the block builds from.
 
 A feed-forward module maps [B, N, D] -> [B, N, D] and may report auxiliary losses (a mixture of experts'
-load balancing and router z-loss, model/moe.py) into the dict `Transformer.forward(..., aux_losses=...)`
-passes down; a dense one reports none. The block never names SwiGLU: it calls `build_feed_forward`. The kind
+load balancing and router z-loss, model/moe.py) into the dict its block passes down; a dense one reports
+none. The block returns that dict beside its output, and `Transformer.forward(..., return_aux=True)` returns
+them all. The block never names SwiGLU: it calls `build_feed_forward`. The kind
 is the dense SwiGLU unless model.moe_experts > 0, then the mixture of experts (dense in its first
 model.moe_first_dense blocks).
 """

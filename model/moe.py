@@ -6,20 +6,25 @@
   probabilities; the top-k are chosen by probability + a per-expert bias (DeepSeek-V3's auxiliary-loss-free
   balancing: the bias steers the choice, never the weights), weighted by their probabilities, renormalised
   to sum to 1 with model.moe_route_norm (Qwen3-MoE).
-- Dropless (Megatron-LM's dropless MoE): every routed slot is computed, however uneven the load; no capacity.
+- Dropless by default (Megatron-LM's dropless MoE): every routed slot is computed, however uneven the load.
+  With model.moe_capacity_factor > 0 each expert keeps at most its capacity of slots, the highest-scoring
+  ones (`within_capacity`); the rest are dropped before any expert (or, under expert parallel, any other
+  rank) sees them.
 - Experts: w1, w3 [E, H, D] and w2 [E, D, H], each expert's matrices laid out as nn.Linear's weight. The
   routed slots are sorted by expert and run through one `torch._grouped_mm` per projection where the device
   supports it, else one matmul per expert (model.moe_impl); on CPU the two give bitwise the same numbers.
 - Balancing: the bias update (`Router.balance`, applied by the trainer after each step from the loads the
   router counted, train/moe.py) and/or the Switch auxiliary loss; the router z-loss. The losses, weighted by
-  their coefficients, go into the forward's `aux_losses` dict as `moe_aux/L<i>` and `moe_z/L<i>`
-  (model/feed_forward.py); the trainer adds them to the loss.
+  their coefficients, go into the block's `aux_losses` dict as `moe_aux/L<i>` and `moe_z/L<i>`
+  (model/feed_forward.py), leave the model through `Transformer.forward(..., return_aux=True)`, and the
+  trainer adds them to the loss.
 
 No torch.distributed here: expert parallelism and the all-reduce of the loads belong to train/.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -41,6 +46,8 @@ class Routing(NamedTuple):
     """[T, k] the chosen experts (by probability + bias), int64."""
     weights: torch.Tensor
     """[T, k] fp32 weights of the chosen experts' outputs."""
+    kept: torch.Tensor | None = None
+    """[T, k] bool: the assignments within their expert's capacity; None when dropless (all of them)."""
 
 
 def expert_load(experts: torch.Tensor, n_experts: int) -> torch.Tensor:
@@ -61,6 +68,33 @@ def router_z_loss(routing: Routing) -> torch.Tensor:
     return torch.logsumexp(routing.logits, dim=-1).pow(2).mean()
 
 
+def dropped_share(routing: Routing) -> torch.Tensor:
+    """The share of the T * k routed assignments dropped by the capacity limit: exactly 0 when dropless."""
+    if routing.kept is None:
+        return torch.zeros((), device=routing.experts.device)
+    return 1.0 - routing.kept.float().mean()
+
+
+def expert_capacity(capacity_factor: float, tokens: int, top_k: int, n_experts: int) -> int:
+    """Assignments one expert may take: ceil(factor * tokens * top_k / experts), the balanced load scaled."""
+    return math.ceil(capacity_factor * tokens * top_k / n_experts)
+
+
+def within_capacity(
+    experts: torch.Tensor, scores: torch.Tensor, n_experts: int, capacity: int
+) -> torch.Tensor:
+    """[T, k] bool: whether each assignment (experts [T, k], its router score scores [T, k]) is among the
+    `capacity` highest-scoring of its expert's assignments (equal scores: the earlier token first)."""
+    flat = experts.flatten()
+    by_score = torch.argsort(scores.flatten(), descending=True, stable=True)
+    order = by_score[torch.argsort(flat[by_score], stable=True)]  # grouped by expert, best first in each
+    counts = torch.bincount(flat, minlength=n_experts)
+    rank = torch.arange(flat.numel(), device=flat.device) - (counts.cumsum(0) - counts)[flat[order]]
+    kept = torch.empty_like(flat, dtype=torch.bool)
+    kept[order] = rank < capacity
+    return kept.view_as(experts)
+
+
 def router_entropy(routing: Routing) -> torch.Tensor:
     """Mean over tokens of the router distribution's entropy, in nats (log E when uniform, 0 when sure)."""
     return -(routing.probs * torch.log(routing.probs.clamp(min=1e-30))).sum(-1).mean()
@@ -69,9 +103,18 @@ def router_entropy(routing: Routing) -> torch.Tensor:
 class Router(nn.Module):
     """Token-choice top-k routing with a non-learned balancing bias (a persistent buffer: checkpointed)."""
 
-    def __init__(self, d_model: int, n_experts: int, top_k: int, route_norm: bool, bias_rate: float) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_experts: int,
+        top_k: int,
+        route_norm: bool,
+        bias_rate: float,
+        capacity_factor: float,
+    ) -> None:
         super().__init__()
         self.top_k, self.route_norm, self.bias_rate = top_k, route_norm, bias_rate
+        self.capacity_factor = capacity_factor
         self.gate = nn.Linear(d_model, n_experts, bias=False)
         self.register_buffer("expert_bias", torch.zeros(n_experts))
         # Routed slots per expert since the last balance(), counted by training forwards; training resets it
@@ -84,15 +127,21 @@ class Router(nn.Module):
         probs = logits.softmax(dim=-1)
         with torch.no_grad():
             experts = torch.topk(probs + self.expert_bias, self.top_k, dim=-1, sorted=False).indices
-        weights = probs.gather(-1, experts)
-        if self.route_norm:
-            weights = weights / weights.sum(-1, keepdim=True)
+        scores = probs.gather(-1, experts)
+        weights = scores / scores.sum(-1, keepdim=True) if self.route_norm else scores
+        kept = None
+        if self.capacity_factor > 0:
+            n_experts = probs.shape[-1]
+            capacity = expert_capacity(self.capacity_factor, x.shape[0], self.top_k, n_experts)
+            kept = within_capacity(experts, scores.detach(), n_experts, capacity)
         # Only gradient-taking training forwards count: not evaluation, not diagnostics. An activation-
         # checkpointing recompute counts its tokens twice, every expert alike: balance() reads only the sign.
+        # The count is the router's choices, dropped ones included: the bias balances the demand that a
+        # capacity limit would otherwise clip unseen.
         if self.training and torch.is_grad_enabled() and self.bias_rate > 0:
             with torch.no_grad():
                 self.tokens_per_expert += expert_load(experts, self.tokens_per_expert.numel())
-        return Routing(logits, probs, experts, weights)
+        return Routing(logits, probs, experts, weights, kept)
 
     @torch.no_grad()
     def balance(self, tokens_per_expert: torch.Tensor) -> None:
@@ -172,7 +221,12 @@ class MoE(nn.Module):
         self.aux_coef, self.z_coef = cfg.moe_aux_coef, cfg.moe_z_coef
         hidden = moe_hidden(cfg)
         self.router = Router(
-            cfg.d_model, cfg.moe_experts, cfg.moe_top_k, cfg.moe_route_norm, cfg.moe_bias_rate
+            cfg.d_model,
+            cfg.moe_experts,
+            cfg.moe_top_k,
+            cfg.moe_route_norm,
+            cfg.moe_bias_rate,
+            cfg.moe_capacity_factor,
         )
         self.experts = GroupedExperts(cfg.moe_experts, cfg.d_model, hidden, str(cfg.moe_impl))
         shared = cfg.moe_shared_experts * hidden
@@ -182,12 +236,17 @@ class MoE(nn.Module):
         flat = x.reshape(-1, x.shape[-1])  # [T, D]
         routing = self.router(flat)
         slots = routing.experts.flatten()  # [T * k]: slot s belongs to token s // k
-        order = torch.argsort(slots, stable=True)  # slots grouped by expert, tokens in order within each
-        counts = torch.bincount(slots, minlength=self.n_experts)
+        if routing.kept is None:
+            order = torch.argsort(slots, stable=True)  # slots grouped by expert, tokens in order within each
+        else:  # only the slots within capacity reach an expert
+            kept = routing.kept.flatten().nonzero().squeeze(1)
+            order = kept[torch.argsort(slots[kept], stable=True)]
+        counts = torch.bincount(slots[order], minlength=self.n_experts)
         out_sorted = self.experts(flat[order // self.top_k], counts)
         # Unsort by a scatter of distinct indices and sum each token's k outputs: deterministic on every
-        # device, unlike an index_add of the sorted outputs into the tokens.
-        out = torch.empty_like(out_sorted).index_copy_(0, order, out_sorted).view(*routing.weights.shape, -1)
+        # device, unlike an index_add of the sorted outputs into the tokens. A dropped slot's output is 0.
+        out = out_sorted.new_zeros(slots.numel(), out_sorted.shape[-1]).index_copy_(0, order, out_sorted)
+        out = out.view(*routing.weights.shape, -1)
         out = (out * routing.weights.unsqueeze(-1).to(out.dtype)).sum(1)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)

@@ -37,7 +37,7 @@ from .variants import build_attention
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + attention(norm(x)), then + feed_forward(norm(.))."""
+    """Pre-norm block: x + attention(norm(x)), then + feed_forward(norm(.)); returns (x, aux_losses)."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -53,10 +53,16 @@ class TransformerBlock(nn.Module):
         rel_pos: Rope,
         cache: KVCache | None = None,
         docs: Documents | None = None,
-        aux_losses: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The block's output and the auxiliary losses its feed-forward reported (empty for dense SwiGLU).
+
+        The losses leave through the block's output, never a dict the caller passes down: FSDP2 hooks the
+        tensors a block returns to gather its parameters before their backward runs, and rebuilds the
+        containers passed into a wrapped module's forward, so a loss put into the caller's dict would be lost
+        (and its gradient with it)."""
+        aux_losses: dict[str, torch.Tensor] = {}
         x = x + self.attention(self.attention_norm(x), rel_pos, cache, docs)
-        return x + self.feed_forward(self.ffn_norm(x), aux_losses)
+        return x + self.feed_forward(self.ffn_norm(x), aux_losses), aux_losses
 
 
 class Transformer(nn.Module):
@@ -113,17 +119,19 @@ class Transformer(nn.Module):
         self,
         tokens: torch.Tensor,
         caches: KVCaches | None = None,
-        aux_losses: dict[str, torch.Tensor] | None = None,
         targets: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        return_aux: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits [B, N, vocab] for tokens [B, N]; with `caches` (decoding) they follow the cached tokens, and
         with model.doc_mask the cached tokens' documents hold as in a full forward over all of them.
 
-        `aux_losses`: a dict the feed-forward modules add their auxiliary losses to (none for dense SwiGLU;
-        the place a mixture of experts' balancing loss goes), for the trainer to add to the loss.
         `targets` [B, N]: return the mean cross-entropy instead of the logits (fp32 scalar), fused with the
         head in chunks of model.loss_chunk_tokens tokens (model/loss.py); inside forward, so that FSDP's
-        and DDP's hooks see it."""
+        and DDP's hooks see it.
+        `return_aux`: return (that output, aux_losses), aux_losses the feed-forwards' auxiliary losses by name
+        (a mixture of experts' `moe_aux/L<i>`, `moe_z/L<i>`, already weighted; empty for dense SwiGLU), for
+        the trainer to add to the loss. They travel in the return value, block by block and then out of the
+        model, so every data-parallel wrapper's hooks see them (model/transformer.py TransformerBlock)."""
         n = tokens.shape[1]
         start = caches.pos if caches else 0
         if start + n > self.cfg.max_seq_len:
@@ -133,14 +141,18 @@ class Transformer(nn.Module):
         if positions is not None and self.cfg.doc_positions:  # [B, N]: RoPE restarts at every document
             rel_pos = (self.rope_cos[positions], self.rope_sin[positions])
         h = self.tok_embeddings(tokens)
+        aux_losses: dict[str, torch.Tensor] = {}
         for i, layer in enumerate(self.layers):
-            h = layer(h, rel_pos, caches[i] if caches else None, docs, aux_losses)
+            h, block_aux = layer(h, rel_pos, caches[i] if caches else None, docs)
+            aux_losses.update(block_aux)
         h = self.norm(h)
         if self.output is not None:  # a module call, so hooks on `output` (a tensor-parallel plan) run
-            return self.output(h, targets)
-        if targets is None:
-            return F.linear(h, self.tok_embeddings.weight)
-        return lm_cross_entropy(h, self.tok_embeddings.weight, targets, self.cfg.loss_chunk_tokens)
+            out = self.output(h, targets)
+        elif targets is None:
+            out = F.linear(h, self.tok_embeddings.weight)
+        else:
+            out = lm_cross_entropy(h, self.tok_embeddings.weight, targets, self.cfg.loss_chunk_tokens)
+        return (out, aux_losses) if return_aux else out
 
     def _documents(self, tokens: torch.Tensor, caches: KVCaches | None) -> tuple[Documents, torch.Tensor]:
         """The document boundaries and positions of `tokens`, once per forward, in the form the kernel will

@@ -292,14 +292,6 @@ def _parallel_settings(parallel: ParallelConfig, model: ModelConfig, seq_len: in
     check_ep_fits_model(dims, model)
     if seq_len % dims.tp:  # sequence parallel splits every window's positions over the TP ranks
         raise ConfigError(f"parallel.tp={dims.tp} must divide trainer.seq_len={seq_len}")
-    if dims.fsdp and model.moe_experts and (model.moe_aux_coef or model.moe_z_coef):
-        # The losses leave each block through the forward's aux_losses dict, not its output, so FSDP2 has no
-        # pre-backward hook on them; untested under sharding, so refused until a test holds it.
-        raise ConfigError(
-            f"model.moe_aux_coef={model.moe_aux_coef} / model.moe_z_coef={model.moe_z_coef} need "
-            f"a layout without FSDP (got {dims.describe()}); with FSDP balance by the bias update alone "
-            "(model.moe_bias_rate, the default) and set both coefficients to 0"
-        )
     return dims.dp_size
 
 

@@ -106,11 +106,10 @@ def lm_loss(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean cross-entropy in fp32; the model computes it (whole or chunked logits, model/loss.py). With TP the
     logits are vocab-sharded and the loss, replicated on the TP ranks, comes back as a plain tensor. Also the
-    sum of the auxiliary losses the model reported into aux_losses (MoE balancing, z-loss; None: none)."""
-    aux_losses: dict[str, torch.Tensor] = {}
-    loss = _full(model(inputs, targets=targets, aux_losses=aux_losses))
+    sum of the auxiliary losses the model returned (MoE balancing, z-loss; None: none)."""
+    loss, aux_losses = model(inputs, targets=targets, return_aux=True)
     aux = torch.stack([_full(x).float() for x in aux_losses.values()]).sum() if aux_losses else None
-    return loss, aux
+    return _full(loss), aux
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:

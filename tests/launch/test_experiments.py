@@ -49,7 +49,7 @@ RECIPES = {
             "baseline_1p5h",
         ],
     },
-    "moe_diff_v2_vs_baseline": {"seed": SEEDS, "attention": ["baseline", "diff_v2"]},
+    "moe_diff_v2_vs_baseline": {"seed": SEEDS, "attention": ["baseline", "baseline_1p5h", "diff_v2"]},
     "lr_stability": {
         "seed": SEEDS,
         "lr": ["0.003", "0.01", "0.03", "0.1"],

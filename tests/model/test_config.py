@@ -32,6 +32,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
         (dict(moe_experts=4, moe_first_dense=4), "model.moe_first_dense=4 leaves no MoE block"),
         (dict(moe_experts=-1), "model.moe_experts=-1"),
         (dict(moe_aux_coef=-0.1), "model.moe_aux_coef=-0.1"),
+        (dict(moe_capacity_factor=-0.5), "model.moe_capacity_factor=-0.5 must be a finite number >= 0"),
         (dict(moe_impl="cutlass"), "model.moe_impl='cutlass'"),
     ],
 )

@@ -162,7 +162,7 @@ def test_a_head_forced_onto_the_first_token_reads_about_one_and_stands_out_in_th
 def test_activation_ratio_and_qk_logit_match_direct_computations() -> None:
     model, rec = record(VARIANTS["diff_v2"], batch=1, n=12)
     x = torch.randint(0, CFG.vocab_size, (1, 12), generator=torch.Generator().manual_seed(1))
-    block_out = model.layers[0](model.tok_embeddings(x), (model.rope_cos[:12], model.rope_sin[:12]))
+    block_out, _ = model.layers[0](model.tok_embeddings(x), (model.rope_cos[:12], model.rope_sin[:12]))
     out = rec.summary()
     peak = block_out.abs().max()
     assert out["diag/act_max/L0"] == pytest.approx(peak.item(), rel=1e-5)

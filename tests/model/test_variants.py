@@ -126,6 +126,5 @@ def test_the_block_builds_its_feed_forward_from_the_registry_and_forward_collect
     torch.manual_seed(0)
     model = Transformer(CFG)
     assert all(isinstance(layer.feed_forward, ScaledFeedForward) for layer in model.layers)
-    aux: dict[str, torch.Tensor] = {}
-    logits = model(torch.zeros(1, 4, dtype=torch.long), aux_losses=aux)
+    logits, aux = model(torch.zeros(1, 4, dtype=torch.long), return_aux=True)
     assert len(aux) == CFG.n_layers and logits.shape == (1, 4, CFG.vocab_size)
