@@ -74,6 +74,7 @@ def _chunked_loss(
         logits = F.linear(h, weight)
         if grads is None:
             loss = F.cross_entropy(logits.float(), t, reduction="sum")
+            del logits
         else:
             loss, grad_logits = _loss_and_logits_grad(logits, t, total)
             del logits
@@ -86,6 +87,7 @@ def _chunked_loss(
                     grads.weight.addmm_(grad_logits.t(), h)
                 else:
                     grads.weight.add_(grad_logits.t().mm(h))
+            del grad_logits  # before the next chunk's logits: one chunk's buffers at a time
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
     return loss_sum / total
 
