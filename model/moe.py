@@ -50,9 +50,18 @@ class Routing(NamedTuple):
     """[T, k] bool: the assignments within their expert's capacity; None when dropless (all of them)."""
 
 
+def expert_counts(experts: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """[E] int64 routed slots per expert. A scatter of ones, not bincount: its shape does not depend on the
+    values, so the planner can trace it on fake tensors (train/plan)."""
+    slots = experts.flatten()
+    return torch.zeros(n_experts, dtype=torch.int64, device=slots.device).index_add_(
+        0, slots, torch.ones_like(slots)
+    )
+
+
 def expert_load(experts: torch.Tensor, n_experts: int) -> torch.Tensor:
     """[E] routed slots per expert, as float (sums of them stay exact far past any batch's size)."""
-    return torch.bincount(experts.flatten(), minlength=n_experts).float()
+    return expert_counts(experts, n_experts).float()
 
 
 def load_balance_loss(routing: Routing) -> torch.Tensor:
@@ -241,7 +250,7 @@ class MoE(nn.Module):
         else:  # only the slots within capacity reach an expert
             kept = routing.kept.flatten().nonzero().squeeze(1)
             order = kept[torch.argsort(slots[kept], stable=True)]
-        counts = torch.bincount(slots[order], minlength=self.n_experts)
+        counts = expert_counts(slots[order], self.n_experts)
         out_sorted = self.experts(flat[order // self.top_k], counts)
         # Unsort by a scatter of distinct indices and sum each token's k outputs: deterministic on every
         # device, unlike an index_add of the sorted outputs into the tokens. A dropped slot's output is 0.

@@ -133,12 +133,14 @@ class ParallelConfig:
     """Ranks FSDP2 shards parameters, gradients and optimizer state over (1: no FSDP); -1: what remains."""
     tp: int = 1
     """Tensor-parallel degree: heads and FFN columns split over this many ranks of one node, with
-    sequence-parallel norms and a vocab-sharded loss (train/tensor_parallel.py). Must divide model.n_kv_heads
-    (DIFF V1: n_kv_heads / 2) so every differential pair and its K/V heads sit on one rank."""
+    sequence-parallel norms and a vocab-sharded loss (train/tensor_parallel.py); an MoE feed-forward stays
+    whole, each rank routing its own sequence shard. Must divide model.n_kv_heads (DIFF V1: n_kv_heads / 2) so
+    every differential pair and its K/V heads sit on one rank."""
     ep: int = 1
     """Expert-parallel degree: each MoE layer's routed experts split over this many ranks, tokens exchanged
     by all-to-all (train/expert_parallel.py). Borrowed from the data-parallel ranks (they still see different
-    batches): must equal parallel.dp_shard for now and divide model.moe_experts."""
+    batches): must divide parallel.dp_shard (the experts are FSDP-sharded over the dp_shard / ep ranks that
+    hold the same ones, and replicated over dp_replicate) and model.moe_experts."""
     mixed_precision: MixedPrecision = MixedPrecision.auto
     """auto (bf16 params + fp32 reduce on CUDA, fp32 on CPU) | bf16 | fp32."""
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
@@ -292,6 +294,15 @@ def _parallel_settings(parallel: ParallelConfig, model: ModelConfig, seq_len: in
     check_ep_fits_model(dims, model)
     if seq_len % dims.tp:  # sequence parallel splits every window's positions over the TP ranks
         raise ConfigError(f"parallel.tp={dims.tp} must divide trainer.seq_len={seq_len}")
+    if dims.tp > 1 and model.moe_experts and (model.moe_aux_coef or model.moe_z_coef):
+        # Under TP each rank routes its own sequence shard (train/tensor_parallel.py), so it would take these
+        # batch means over its shard alone; refused until they are reduced over the TP group.
+        raise ConfigError(
+            f"model.moe_aux_coef={model.moe_aux_coef} / model.moe_z_coef={model.moe_z_coef} with "
+            f"parallel.tp={dims.tp}: each TP rank routes its own sequence shard, and these losses would be "
+            "taken over the shard; balance by the bias update alone (model.moe_bias_rate, the default) and "
+            "set both coefficients to 0, or use parallel.tp=1"
+        )
     return dims.dp_size
 
 

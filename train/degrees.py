@@ -97,8 +97,8 @@ def resolve_dims(pcfg: ParallelConfig, world_size: int) -> ParallelDims:
 
 
 def check_ep_fits_model(dims: ParallelDims, model: ModelConfig) -> None:
-    """Expert parallel splits the routed experts over the dp_shard ranks; the layouts it cannot run yet are
-    refused by name rather than run wrong."""
+    """Expert parallel splits the routed experts over ep of the dp_shard ranks (train/expert_parallel.py);
+    the layouts it cannot run are refused by name rather than run wrong."""
     if dims.ep == 1:
         return
     if not model.moe_experts:
@@ -111,15 +111,11 @@ def check_ep_fits_model(dims: ParallelDims, model: ModelConfig) -> None:
             f"parallel.ep={dims.ep} must divide model.moe_experts={model.moe_experts} (each rank holds "
             "moe_experts / ep whole experts)"
         )
-    if dims.tp > 1:
-        raise ConfigError(f"parallel.ep={dims.ep} with parallel.tp={dims.tp} is not supported; set one to 1")
-    if dims.dp_replicate > 1 or dims.ep != dims.dp_shard:
-        # ep < dp_shard would FSDP-shard each expert over the remaining ranks and replicas would all-reduce
-        # expert gradients: neither is built yet.
+    if dims.dp_shard % dims.ep:
         raise ConfigError(
-            f"parallel.ep={dims.ep} must equal parallel.dp_shard={dims.dp_shard} with "
-            f"parallel.dp_replicate=1 (got {dims.dp_replicate}): expert parallel borrows the whole FSDP "
-            "dimension for now"
+            f"parallel.ep={dims.ep} must divide parallel.dp_shard={dims.dp_shard}: the experts are split "
+            "over ep ranks of one FSDP group and FSDP-sharded over the dp_shard / ep groups (and the "
+            "dp_replicate replicas); pick an ep that divides dp_shard"
         )
 
 

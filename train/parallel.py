@@ -30,7 +30,7 @@ from model import ModelConfig, Transformer
 from train.activation_checkpointing import apply_activation_checkpointing
 from train.config import ParallelConfig
 from train.degrees import DIM_NAMES, ParallelDims, resolve_dims
-from train.expert_parallel import apply_expert_parallel, expert_params, scale_expert_grads
+from train.expert_parallel import apply_expert_parallel, expert_modules, scale_expert_grads
 from train.tensor_parallel import apply_tensor_parallel, sum_tp_partial_grads
 
 
@@ -44,6 +44,9 @@ class DistInfo:
     dims: ParallelDims
     mesh: DeviceMesh
     """The job's one mesh, dims (dp_replicate, dp_shard, tp); every part that cares about ranks asks it."""
+    expert_mesh: DeviceMesh | None = None
+    """With expert parallel, the same mesh with dp_shard split into (dp_shard_mod_ep, ep), ep innermost
+    (train/expert_parallel.py); None without."""
 
     @property
     def is_main(self) -> bool:
@@ -57,8 +60,20 @@ class DistInfo:
         )
 
     def ep_mesh(self) -> DeviceMesh:
-        """The ranks that split the experts: the dp_shard dim (train/degrees.py: ep == dp_shard for now)."""
-        return self.mesh["dp_shard"]
+        """The ranks that split the experts: ep adjacent ranks of one dp_shard group."""
+        return self._expert_mesh()["ep"]
+
+    def expert_dp_mesh(self) -> DeviceMesh:
+        """The ranks holding the same experts, which FSDP shards them over: the dp_shard_mod_ep ranks at this
+        ep index, and (HSDP, 2-D) the dp_replicate replicas."""
+        if self.dims.dp_replicate > 1:
+            return self._expert_mesh()["dp_replicate", "dp_shard_mod_ep"]
+        return self._expert_mesh()["dp_shard_mod_ep"]
+
+    def _expert_mesh(self) -> DeviceMesh:
+        if self.expert_mesh is None:
+            raise RuntimeError(f"no expert mesh: parallel.ep={self.dims.ep} (expert parallel needs ep > 1)")
+        return self.expert_mesh
 
     @property
     def dp_size(self) -> int:
@@ -114,7 +129,11 @@ def init_distributed(pcfg: ParallelConfig, device_pref: str) -> DistInfo:
     dims = resolve_dims(pcfg, world_size)
     shape = (dims.dp_replicate, dims.dp_shard, dims.tp)
     mesh = init_device_mesh(device.type, shape, mesh_dim_names=DIM_NAMES)
-    return DistInfo(rank, world_size, device, dims, mesh)
+    expert_mesh = None
+    if dims.ep > 1:
+        # A view of the same ranks (one root mesh, as FSDP needs to combine the ep and expert dp dims).
+        expert_mesh = mesh._unflatten(1, (dims.dp_shard // dims.ep, dims.ep), ("dp_shard_mod_ep", "ep"))
+    return DistInfo(rank, world_size, device, dims, mesh, expert_mesh)
 
 
 def _device_id(device: torch.device) -> torch.device | None:
@@ -160,13 +179,16 @@ def _apply_fsdp(model: Transformer, pcfg: ParallelConfig, info: DistInfo) -> Non
     dtype = param_dtype(pcfg, info.device)
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     dp_mesh = info.dp_mesh()
-    # Expert parallel already gave every dp rank its own experts: nothing left for FSDP to shard.
-    ignored = expert_params(model) if info.dims.ep > 1 else None
     for i, block in enumerate(model.layers):
         # The last block's parameters are needed again first in backward: keep them gathered.
         last = i == len(model.layers) - 1
-        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=not last, ignored_params=ignored)
-    fully_shard(model, mesh=dp_mesh, mp_policy=mp, ignored_params=ignored)
+        if info.dims.ep > 1:
+            # Expert parallel split the experts over the ep ranks; FSDP shards them over the ranks that hold
+            # the same ones (first, so the block's fully_shard leaves them to this one).
+            for experts in expert_modules(block):
+                fully_shard(experts, mesh=info.expert_dp_mesh(), mp_policy=mp, reshard_after_forward=not last)
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=not last)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp)
 
 
 def _init_weights(model: nn.Module, seed: int) -> None:
@@ -204,7 +226,7 @@ def build_model(
     if dims.tp > 1:
         apply_tensor_parallel(model, info.mesh["tp"])
     if dims.ep > 1:
-        apply_expert_parallel(model, info.ep_mesh(), param_dtype(pcfg, info.device))
+        apply_expert_parallel(model, info.ep_mesh())
     apply_activation_checkpointing(model.layers, pcfg)
     if pcfg.compile:
         for block in model.layers:
@@ -244,6 +266,18 @@ def loss_context(info: DistInfo) -> contextlib.AbstractContextManager:
     return loss_parallel() if info.dims.tp > 1 else contextlib.nullcontext()
 
 
+def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all `grads` together, each element counted once, on every rank (see finish_gradients)."""
+    groups: dict[object, list[torch.Tensor]] = {}
+    for grad in grads:
+        groups.setdefault(grad.device_mesh if isinstance(grad, DTensor) else None, []).append(grad)
+    norms = []
+    for group in groups.values():
+        norm = torch.nn.utils.get_total_norm(group)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    return torch.linalg.vector_norm(torch.stack(norms)) if len(norms) > 1 else norms[0]
+
+
 def finish_gradients(model: nn.Module, info: DistInfo, max_norm: float) -> float:
     """After the last micro-step's backward: completes TP-partial gradients, then clips all gradients to
     `max_norm` (inf: none) by their global norm, which it returns.
@@ -256,14 +290,7 @@ def finish_gradients(model: nn.Module, info: DistInfo, max_norm: float) -> float
     if info.dims.ep > 1:
         scale_expert_grads(model, info.dims.ep)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    groups: dict[object, list[torch.Tensor]] = {}
-    for grad in grads:
-        groups.setdefault(grad.device_mesh if isinstance(grad, DTensor) else None, []).append(grad)
-    norms = []
-    for group in groups.values():
-        norm = torch.nn.utils.get_total_norm(group)
-        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
-    total = torch.linalg.vector_norm(torch.stack(norms)) if len(norms) > 1 else norms[0]
+    total = grad_norm(grads)
     # as torch.nn.utils.clip_grads_with_norm_: grads scaled by min(1, max_norm / (norm + 1e-6))
     coef = (max_norm / (total + 1e-6)).item()
     if coef < 1.0:

@@ -41,6 +41,23 @@ def test_plan_shards_parameters_and_optimizer_state_over_fsdp_ranks_and_times_th
     assert one["tokens_per_s"] == pytest.approx(512 / one["step_s"])
 
 
+def test_expert_parallel_layouts_plan_with_the_experts_split_over_the_ranks(jobs):
+    # The MoE traces on fake tensors (the routing taken as even); the experts are most of micro_moe's weights.
+    moe = ("model=micro_moe", "trainer.micro_batch=2", "--device=h100-80gb", "--json")
+    runs = {
+        "single": plan(jobs, *moe, "--world-size=1"),
+        "fsdp 4 x ep 2": plan(jobs, *moe, "parallel=fsdp", "parallel.ep=2", "--world-size=4"),
+        "fsdp 2 x tp 2 x ep 2": plan(
+            jobs, *moe, "parallel=fsdp", "parallel.tp=2", "parallel.ep=2", "--world-size=4"
+        ),
+    }
+    for name, proc in runs.items():
+        assert proc.returncode == 0, (name, proc.stderr[-3000:])
+    one, fsdp_ep, tp_ep = (json.loads(proc.stdout)["memory"]["params_per_rank"] for proc in runs.values())
+    assert fsdp_ep < 0.3 * one  # every weight over 4 ranks (the experts: 2 ep x 2 FSDP)
+    assert tp_ep < 0.55 * one  # the experts over 2 ep ranks, replicated over TP
+
+
 def test_a_layout_that_does_not_fit_exits_3_and_names_the_knob_that_helps_most(jobs):
     proc = plan(jobs, "--world-size=1", "--device=a100-40gb", "--memory-gib=0.002")
     assert proc.returncode == 3, proc.stderr

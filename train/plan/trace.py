@@ -17,8 +17,12 @@ Written by hand, because those tools lack it:
   alone on one micro-batch of hidden states, less the gradients it returns.
 - torch.compile is not traced (planned as eager); compiled blocks fuse elementwise ops and usually need less.
 
-Tensor parallel: the degrees live in parallel.*, so the mesh `init_distributed` builds and the TP plan
-`build_model` applies reach the trace unchanged; the micro-batch arithmetic counts data-parallel ranks.
+Tensor and expert parallel: the degrees live in parallel.*, so the meshes `init_distributed` builds and the TP
+plan and expert dispatch `build_model` applies reach the trace unchanged (the loss under `loss_context`, the
+norm by `grad_norm`, as the loop takes them); the micro-batch arithmetic counts data-parallel ranks. The MoE's
+routing has no values on fake tensors: expert dispatch takes it as even (train/expert_parallel.py). Not
+traced: TP without FSDP when the model has plain (unsharded) parameters (DIFF V1's lambdas, an MoE), which
+cannot be materialised under FakeTensorMode (see DDP above).
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from torch.distributed._tools.mem_tracker import MemTracker
+from torch.distributed.device_mesh import DeviceMesh
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from conf import RunConfig
@@ -43,7 +48,16 @@ from train.activation_checkpointing import apply_activation_checkpointing
 from train.config import ParallelConfig, grad_accum_steps
 from train.loop import lm_loss
 from train.optim import build_optimizer
-from train.parallel import DistInfo, autocast, build_model, grad_sync, init_distributed, param_dtype
+from train.parallel import (
+    DistInfo,
+    autocast,
+    build_model,
+    grad_norm,
+    grad_sync,
+    init_distributed,
+    loss_context,
+    param_dtype,
+)
 
 
 @dataclass
@@ -86,6 +100,24 @@ def fake_process_group(world_size: int) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def _meshes_stay_real() -> Iterator[None]:
+    """fully_shard builds the 2-D (dp, tp or ep) mesh of a DTensor parameter itself
+    (`DeviceMesh._concatenate`), here inside FakeTensorMode, where the mesh's rank tensor would turn fake and
+    its layout checks fail; the mesh is made outside fake mode instead, as every other mesh of the job is."""
+    concatenate = DeviceMesh._concatenate
+
+    def real_concatenate(meshes: list[DeviceMesh]) -> DeviceMesh:
+        with unset_fake_temporarily():
+            return concatenate(meshes)
+
+    DeviceMesh._concatenate = staticmethod(real_concatenate)
+    try:
+        yield
+    finally:
+        DeviceMesh._concatenate = staticmethod(concatenate)
+
+
 def planned_parallel(pcfg: ParallelConfig, gpu: bool) -> ParallelConfig:
     """The parallel section as traced: on a GPU target `auto` precision means bf16; no compile (see above);
     sharded init (rank 0's full host copy at start-up is host memory, not the device's)."""
@@ -112,7 +144,7 @@ def trace_memory(cfg: RunConfig, world_size: int, gpu: bool) -> MemoryBreakdown:
     with fake_process_group(world_size):
         info = init_distributed(pcfg, "cpu")
         accum = grad_accum_steps(cfg.trainer, info.dims.dp_size)
-        with FakeTensorMode():
+        with FakeTensorMode(), _meshes_stay_real():
             model = _build(cfg, pcfg, info)
             optimizer = build_optimizer(model, cfg.optim, info.device)
             tokens = torch.randint(0, cfg.model.vocab_size, (trainer.micro_batch, trainer.seq_len))
@@ -127,11 +159,14 @@ def trace_memory(cfg: RunConfig, world_size: int, gpu: bool) -> MemoryBreakdown:
                     # Two micro-steps stand for any accumulation: the second holds the first's gradients.
                     micro_steps = min(accum, 2)
                     for micro in range(micro_steps):
-                        with grad_sync(model, micro == micro_steps - 1), autocast(pcfg, info):
-                            loss, aux = lm_loss(model, tokens, tokens)
-                        (loss if aux is None else loss + aux).backward()
+                        with grad_sync(model, micro == micro_steps - 1), loss_context(info):
+                            with autocast(pcfg, info):
+                                loss, aux = lm_loss(model, tokens, tokens)
+                            (loss if aux is None else loss + aux).backward()
                         tracker.reset_mod_stats()  # per-module stats only; the peak is kept
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    # The loop's clipping norm (gradients on several meshes with TP or EP); the scaling that
+                    # follows is in place and has no value to read here.
+                    grad_norm([p.grad for p in model.parameters() if p.grad is not None])
                     optimizer.step()
                     steady = tracker.get_tracker_snapshot("current")[info.device]
                     optimizer.zero_grad(set_to_none=True)
