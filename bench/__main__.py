@@ -20,6 +20,7 @@ BENCHMARKS = (
     "parallel",
     "plan",
     "moe",
+    "loss",
 )
 
 

@@ -104,11 +104,12 @@ class ModelConfig:
     moe_impl: MoEImpl = MoEImpl.auto
     """Expert matmuls: grouped (one torch._grouped_mm per projection) | loop (one matmul per expert) | auto
     (grouped on CPU and on CUDA bf16 with compute capability >= 9.0, else loop). Same numbers either way."""
-    loss_chunk_tokens: int = 0
-    """Training loss: 0 projects every token of a micro-batch to full-vocabulary logits at once; N > 0
-    projects and scores N tokens at a time, recomputing each chunk in the backward, so no more than N x vocab
-    logits exist at once (model/loss.py; same loss and gradients, one more LM-head matmul). Not part of the
-    model's maths: a resume may change it."""
+    loss_chunk_tokens: int = 2048
+    """Training loss: N > 0 fuses the LM head and the cross-entropy N tokens at a time, taking both gradients
+    in the forward, so no more than N x vocab logits exist at once (model/loss.py; same loss and gradients,
+    same FLOPs; python -m bench.loss: no slower than whole logits, a fraction of their memory); 0 projects
+    every token of a micro-batch to full-vocabulary logits at once and lets autograd keep them. Not part of
+    the model's maths: a resume may change it."""
 
 
 def _fail(field: str, value: object, expected: str) -> None:

@@ -30,7 +30,7 @@ from .flops import flops_per_token
 from .generate import generate
 from .kernel import flash_available
 from .kv_cache import KVCache, KVCaches
-from .loss import lm_cross_entropy
+from .loss import LMHead, lm_cross_entropy
 from .moe import MoE
 from .rope import rope_tables
 from .variants import build_attention
@@ -83,7 +83,9 @@ class Transformer(nn.Module):
             self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
             self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
             self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-            self.output = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            self.output = (
+                None if cfg.tie_embeddings else LMHead(cfg.d_model, cfg.vocab_size, cfg.loss_chunk_tokens)
+            )
         # Non-persistent: not in checkpoints, recomputed by init_weights() after meta-device materialisation.
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -123,9 +125,9 @@ class Transformer(nn.Module):
         """Logits [B, N, vocab] for tokens [B, N]; with `caches` (decoding) they follow the cached tokens, and
         with model.doc_mask the cached tokens' documents hold as in a full forward over all of them.
 
-        `targets` [B, N]: return the mean cross-entropy instead of the logits (fp32 scalar), chunked over
-        tokens per model.loss_chunk_tokens (model/loss.py); inside forward, so that FSDP's and DDP's hooks
-        see it.
+        `targets` [B, N]: return the mean cross-entropy instead of the logits (fp32 scalar), fused with the
+        head in chunks of model.loss_chunk_tokens tokens (model/loss.py); inside forward, so that FSDP's
+        and DDP's hooks see it.
         `return_aux`: return (that output, aux_losses), aux_losses the feed-forwards' auxiliary losses by name
         (a mixture of experts' `moe_aux/L<i>`, `moe_z/L<i>`, already weighted; empty for dense SwiGLU), for
         the trainer to add to the loss. They travel in the return value, block by block and then out of the
@@ -144,15 +146,13 @@ class Transformer(nn.Module):
             h, block_aux = layer(h, rel_pos, caches[i] if caches else None, docs)
             aux_losses.update(block_aux)
         h = self.norm(h)
-        if targets is not None:
-            out = lm_cross_entropy(h, targets, self._project, self.cfg.loss_chunk_tokens)
+        if self.output is not None:  # a module call, so hooks on `output` (a tensor-parallel plan) run
+            out = self.output(h, targets)
+        elif targets is None:
+            out = F.linear(h, self.tok_embeddings.weight)
         else:
-            out = self._project(h)
+            out = lm_cross_entropy(h, self.tok_embeddings.weight, targets, self.cfg.loss_chunk_tokens)
         return (out, aux_losses) if return_aux else out
-
-    def _project(self, h: torch.Tensor) -> torch.Tensor:
-        """The LM head; a module call when untied, so hooks on `output` (a tensor-parallel plan) run."""
-        return F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
 
     def _documents(self, tokens: torch.Tensor, caches: KVCaches | None) -> tuple[Documents, torch.Tensor]:
         """The document boundaries and positions of `tokens`, once per forward, in the form the kernel will

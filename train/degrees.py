@@ -155,12 +155,6 @@ def check_tp_fits_model(dims: ParallelDims, model: ModelConfig) -> None:
         raise ConfigError(f"parallel.tp={dims.tp} must divide model.ffn_hidden={model.ffn_hidden}")
     if heads % dims.tp:  # implied by the K/V check (h_kv divides h); kept for a clear message
         raise ConfigError(f"parallel.tp={dims.tp} must divide the {heads} attention heads")
-    if model.loss_chunk_tokens > 0:
-        raise ConfigError(
-            f"model.loss_chunk_tokens={model.loss_chunk_tokens} with parallel.tp={dims.tp}: the chunked loss "
-            "splits flattened tokens, which the sequence-parallel LM head cannot take; set "
-            "model.loss_chunk_tokens=0 (under TP the loss is already vocab-parallel)"
-        )
     if model.tie_embeddings:
         raise ConfigError(
             "model.tie_embeddings=true with parallel.tp > 1: the tied head would need the embedding sharded "

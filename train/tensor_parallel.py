@@ -78,6 +78,25 @@ def _dense_ffn_plan() -> dict[str, object]:
     }
 
 
+class _VocabParallelHead(ColwiseParallel):
+    """ColwiseParallel for the LM head (model/loss.py's LMHead), called as head(hidden, targets): hidden is
+    gathered along the sequence (targets, whole on every TP rank, pass as they are); it returns
+    vocab-sharded logits, or with targets the loss (whole or chunked, on the sharded logits) as it is."""
+
+    @staticmethod
+    def _prepare_input_fn(input_layouts, desired_input_layouts, mod, inputs, device_mesh):  # noqa: ANN001, ANN205
+        hidden = ColwiseParallel._prepare_input_fn(
+            input_layouts, desired_input_layouts, mod, inputs, device_mesh
+        )
+        return (hidden, *inputs[1:])
+
+    @staticmethod
+    def _prepare_output_fn(output_layouts, use_local_output, mod, outputs, device_mesh):  # noqa: ANN001, ANN205
+        if outputs.ndim == 0:  # the loss, replicated on the TP ranks
+            return outputs
+        return ColwiseParallel._prepare_output_fn(output_layouts, use_local_output, mod, outputs, device_mesh)
+
+
 def _moe_plan() -> dict[str, object]:
     """The MoE feed-forward stays in sequence parallel: each TP rank routes its own tokens through whole
     (replicated) router and experts, with no collective; the parameters' gradients are partial (marked)."""
@@ -109,7 +128,7 @@ def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
             "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
             "norm": SequenceParallel(),
             # vocab-sharded logits stay DTensors for loss_parallel
-            "output": ColwiseParallel(
+            "output": _VocabParallelHead(
                 input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False
             ),
         },

@@ -43,6 +43,16 @@ def test_tp2_matches_one_process_for_five_steps(tmp_path, jobs, variant):
     assert min(one[step]["loss"] for step in range(2, 6)) < one[1]["loss"]  # the steps do train
 
 
+def test_tp2_with_the_chunked_loss_matches_one_process(tmp_path, jobs):
+    """The fused chunked loss under TP: each rank scores 24-token chunks of the gathered sequence on its own
+    vocabulary shard (loss parallel); 64 tokens per micro-batch make two full chunks and a partial one."""
+    overrides = (*FIVE_STEPS, "model.loss_chunk_tokens=24")
+    jobs.train(tmp_path / "one", "parallel=single", *FIVE_STEPS, "model.loss_chunk_tokens=0")
+    proc = jobs.train(tmp_path / "tp2", "parallel=fsdp", "parallel.tp=2", *overrides, nproc=2)
+    assert "[tp 2]" in proc.stdout
+    _assert_same_steps(jobs, tmp_path / "tp2", tmp_path / "one", range(1, 6))
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_each_diff_pair_and_its_kv_heads_sit_on_one_tp_rank(tmp_path, jobs, variant):
     """Which heads each rank holds is read from its weight shards; the pairs and GQA groups come from the

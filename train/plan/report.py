@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from conf import RunConfig
+from model import ModelConfig
 from model.flops import flops_per_token
 from train.degrees import resolve_dims
 from train.plan.devices import GIB, DeviceSpec
@@ -121,8 +122,9 @@ def candidate_knobs(cfg: RunConfig, world_size: int) -> list[tuple[str, RunConfi
             )
         )
 
-    if m.loss_chunk_tokens == 0 and t.micro_batch * t.seq_len > 2048:
-        with_("model.loss_chunk_tokens=2048", "model", loss_chunk_tokens=2048)
+    chunk = ModelConfig.loss_chunk_tokens  # the default
+    if m.loss_chunk_tokens == 0 and t.micro_batch * t.seq_len > chunk:
+        with_(f"model.loss_chunk_tokens={chunk}", "model", loss_chunk_tokens=chunk)
     if p.activation_checkpointing in ("none", "every_k"):
         with_("parallel.activation_checkpointing=selective", "parallel", activation_checkpointing="selective")
     if p.activation_checkpointing != "full":

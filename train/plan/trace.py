@@ -13,8 +13,8 @@ Written by hand, because those tools lack it:
   cannot be materialised under FakeTensorMode without FSDP (swap_tensors refuses a fake parameter); so plain
   and DDP models are built directly on the fake device, and DDP's gradient buckets (one flat fp32 copy of
   the gradients, `gradient_as_bucket_view=False`) are added to the gradients.
-- The logits / loss buffers: the peak of the LM head + loss (model/loss.py, whole or chunked) traced alone on
-  one micro-batch of hidden states, less the gradients it returns.
+- The logits / loss buffers: the peak of the LM head + loss (model/loss.py, whole or fused in chunks) traced
+  alone on one micro-batch of hidden states, less the gradients it returns.
 - torch.compile is not traced (planned as eager); compiled blocks fuse elementwise ops and usually need less.
 
 Tensor and expert parallel: the degrees live in parallel.*, so the meshes `init_distributed` builds and the TP
@@ -36,7 +36,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from torch.distributed._tools.mem_tracker import MemTracker
@@ -200,7 +199,7 @@ def _trace_loss(cfg: RunConfig, dtype: torch.dtype) -> int:
     targets = torch.randint(0, m.vocab_size, (t.micro_batch, t.seq_len))
     tracker = MemTracker()
     with tracker:
-        lm_cross_entropy(hidden, targets, lambda h: F.linear(h, weight), m.loss_chunk_tokens).backward()
+        lm_cross_entropy(hidden, weight, targets, m.loss_chunk_tokens).backward()
     peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
     returned = hidden.numel() * hidden.element_size() + weight.numel() * weight.element_size()
     return max(peak - returned, 0)
