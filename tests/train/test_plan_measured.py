@@ -18,8 +18,8 @@ TOLERANCE = (0.85, 1.1)
 a CPU step to the byte; the RSS adds what a job holds beyond the floor job in small heap blocks (tensors
 under the 64 KiB mmap threshold, autograd nodes, gloo and DTensor bookkeeping): 0.00-0.01 GiB here.
 Measured with `OMP_NUM_THREADS=1 python -m bench.plan --steps 3` on a loaded 2-core machine: 0.92-1.01 over
-all eleven cases in three runs, 0.94-1.01 on these four (README). Without the fixed threshold glibc keeps freed tensors
-resident and the same cases measure 0.43-0.79."""
+all eleven cases in three runs, 0.94-1.01 on these four (README). Without the fixed threshold glibc keeps
+freed tensors resident and the same cases measure 0.43-0.79."""
 
 
 def test_planned_peak_memory_is_within_tolerance_of_the_measured_peak(tmp_path, jobs):
