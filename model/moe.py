@@ -97,7 +97,7 @@ def within_capacity(
     flat = experts.flatten()
     by_score = torch.argsort(scores.flatten(), descending=True, stable=True)
     order = by_score[torch.argsort(flat[by_score], stable=True)]  # grouped by expert, best first in each
-    counts = torch.bincount(flat, minlength=n_experts)
+    counts = expert_counts(flat, n_experts)
     rank = torch.arange(flat.numel(), device=flat.device) - (counts.cumsum(0) - counts)[flat[order]]
     kept = torch.empty_like(flat, dtype=torch.bool)
     kept[order] = rank < capacity

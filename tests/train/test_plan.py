@@ -69,6 +69,14 @@ def test_an_moe_model_plans_for_a_cpu_run_in_fp32(jobs):
     assert 4 * memory["params_per_rank"] <= memory["params"] < 1.1 * 4 * memory["params_per_rank"]
 
 
+def test_an_moe_model_with_a_capacity_limit_plans_as_dropless_its_upper_bound(jobs):
+    args = ("model=micro_moe", "--world-size=1", "--device=cpu", "--json")
+    dropless = plan(jobs, *args)
+    capped = plan(jobs, "model.moe_capacity_factor=1.25", *args)
+    assert capped.returncode == 0, capped.stderr[-3000:]
+    assert json.loads(capped.stdout)["memory"] == json.loads(dropless.stdout)["memory"]
+
+
 def test_a_layout_that_does_not_fit_exits_3_and_names_the_knob_that_helps_most(jobs):
     proc = plan(jobs, "--world-size=1", "--device=a100-40gb", "--memory-gib=0.002")
     assert proc.returncode == 3, proc.stderr

@@ -21,7 +21,8 @@ Tensor and expert parallel: the degrees live in parallel.*, so the meshes `init_
 plan and expert dispatch `build_model` applies reach the trace unchanged (the loss under `loss_context`, the
 norm by `grad_norm`, as the loop takes them); the micro-batch arithmetic counts data-parallel ranks. The MoE's
 routing has no values on fake tensors: expert dispatch takes it as even (train/expert_parallel.py); a CPU
-(fp32) plan answers the experts' grouped matmuls by their shapes (grouped_mm.py). Not traced: TP without
+(fp32) plan answers the experts' grouped matmuls by their shapes (grouped_mm.py); a capacity limit is planned
+as dropless, its upper bound. Not traced: TP without
 FSDP when the model has plain (unsharded) parameters (DIFF V1's lambdas, an MoE), which cannot be
 materialised under FakeTensorMode (see DDP above).
 """
@@ -142,6 +143,9 @@ def _bytes(snapshot: dict, *names: str) -> int:
 def trace_memory(cfg: RunConfig, world_size: int, gpu: bool) -> MemoryBreakdown:
     """Traces two training steps of `cfg` at `world_size` ranks; see the module docstring."""
     pcfg = planned_parallel(cfg.parallel, gpu)
+    # A capacity limit picks its slots by value (nonzero), which fake tensors cannot shape; dropless routing
+    # sends every slot to an expert, so its plan bounds any capacity's from above.
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, moe_capacity_factor=0.0))
     trainer = cfg.trainer
     with fake_process_group(world_size):
         info = init_distributed(pcfg, "cpu")
