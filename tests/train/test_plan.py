@@ -92,6 +92,13 @@ def test_a_chunked_loss_plans_smaller_logits_buffers(jobs):
     assert chunked["memory"]["peak"] < whole["memory"]["peak"]
 
 
+def test_tensor_parallel_plans_each_rank_its_vocab_shard_of_the_logits(jobs):
+    args = ("model.vocab_size=4096", "model.loss_chunk_tokens=0", "--world-size=2", "--device=cpu", "--json")
+    fsdp = json.loads(plan(jobs, "parallel=fsdp", *args).stdout)["memory"]["loss_buffers"]
+    tp = json.loads(plan(jobs, "parallel.tp=2", *args).stdout)["memory"]["loss_buffers"]
+    assert 0.4 * fsdp < tp < 0.6 * fsdp
+
+
 def test_bad_planner_options_are_refused_naming_them(jobs):
     proc = plan(jobs, "--device=tpu-v9")
     assert proc.returncode == 2

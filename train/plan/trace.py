@@ -198,9 +198,11 @@ def trace_memory(cfg: RunConfig, world_size: int, gpu: bool) -> MemoryBreakdown:
 def _trace_loss(cfg: RunConfig, dtype: torch.dtype) -> int:
     """Peak bytes of the LM head + loss of one micro-batch, beyond the gradients it returns."""
     m, t = cfg.model, cfg.trainer
+    # Loss parallel: a TP rank holds every token's logits over its vocab shard (the head gathers the tokens).
+    vocab = m.vocab_size // cfg.parallel.tp
     hidden = torch.randn(t.micro_batch, t.seq_len, m.d_model, dtype=dtype, requires_grad=True)
-    weight = torch.randn(m.vocab_size, m.d_model, dtype=dtype, requires_grad=True)
-    targets = torch.randint(0, m.vocab_size, (t.micro_batch, t.seq_len))
+    weight = torch.randn(vocab, m.d_model, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, vocab, (t.micro_batch, t.seq_len))
     tracker = MemTracker()
     with tracker:
         lm_cross_entropy(hidden, weight, targets, m.loss_chunk_tokens).backward()
