@@ -3,7 +3,8 @@
 # tokens/s, MFU and memory of baseline vs DIFF V2 (FSDP2, bf16, compile off/on) at two sizes, then how long
 # a checkpoint stops training (blocking vs async), then KV-cache decoding of baseline vs DIFF V2 (bench.decode),
 # then tensor parallel (bench.parallel): TP 2 vs DP 2 over NCCL when the machine has 2+ GPUs, else on its CPU
-# cores with gloo (NCCL refuses two ranks on one GPU). The step limits add up to 540 s.
+# cores with gloo (NCCL refuses two ranks on one GPU), then the LM head + loss at $LARGE's shape in bf16: whole
+# logits vs the default fused chunked loss (bench.loss). The step limits add up to 540 s.
 # Everything lands in $OUT: summary.txt, one log per step, throughput-*.json.
 #
 #   here, once:   ../shared/gpu/fetch-wheels.sh tokenizers tqdm    # Hydra, OmegaConf, data.prepare's needs
@@ -48,9 +49,9 @@ print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else '
 } > "$OUT/summary.txt" 2>&1
 
 step prepare 40 python3 -m data.prepare data=stdlib_small
-step cuda-tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu \
+step cuda-tests 110 python3 -m pytest -q -p no:cacheprovider -m gpu \
   tests/model/test_cuda.py tests/model/test_kernel.py tests/data/test_loader.py tests/train/test_cuda.py
-step "throughput-$SMALL" 140 python3 -m bench.throughput --sizes "$SMALL" --compile off on --steps 10 \
+step "throughput-$SMALL" 130 python3 -m bench.throughput --sizes "$SMALL" --compile off on --steps 10 \
   --json "$OUT/throughput-$SMALL.json" --keep "$OUT/runs-$SMALL" \
   trainer.seq_len="$SEQ" trainer.micro_batch=8 trainer.global_batch_tokens=$((SEQ * 8))
 step "throughput-$LARGE" 130 python3 -m bench.throughput --sizes "$LARGE" --compile on --steps 8 \
@@ -66,6 +67,7 @@ else
   step parallel-cpu 30 python3 -m bench.parallel --layouts fsdp2 tp2 --steps 3 --json "$OUT/parallel.json" \
     model=micro trainer.device=cpu
 fi
+step "loss-$LARGE" 20 python3 -m bench.loss --shapes "$LARGE" --chunks 2048 --repeats 3
 rm -rf "$OUT"/runs-*/*/checkpoints  # none are written (checkpoint.enabled=false); never ship weights back
 cat "$OUT/summary.txt"
 exit "$failed"

@@ -65,3 +65,26 @@ def test_parallel_bench_counts_the_collectives_the_shapes_predict(tmp_path, jobs
             assert layout["bytes"][kind] == pytest.approx(volume, rel=0.02), (layout["dims"], kind)
         assert layout["tokens_per_s"] > 0
     assert "TP / DP" in proc.stdout
+
+
+def test_loss_bench_compares_the_chunked_loss_with_whole_logits_in_one_run(jobs):
+    command = [sys.executable, "-m", "bench.loss", "--shapes", "tiny", "--chunks", "1024", "--repeats", "1"]
+    proc = subprocess.run(command, cwd=jobs.repo, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = [
+        line.split() for line in proc.stdout.splitlines() if line.strip().startswith(("0 (whole)", "1024"))
+    ]
+    whole, chunked = rows
+    assert float(whole[-1]) == 1.0 and float(whole[-3]) == 1.0  # the baseline's own ratios
+    assert float(chunked[-1]) < 0.5  # peak memory: one chunk of logits instead of all 4096 tokens'
+
+
+def test_moe_bench_times_grouped_and_loop_experts_against_the_dense_twin(jobs):
+    command = [sys.executable, "-m", "bench.moe", "--repeats", "1", "--warmup", "0", "--batch", "2"]
+    proc = subprocess.run(
+        command + ["--seq-len", "32"], cwd=jobs.repo, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = {line.split("total")[0].strip(): line for line in proc.stdout.splitlines() if "tokens/s" in line}
+    assert set(rows) == {"micro (dense)", "micro_moe grouped", "micro_moe loop"}
+    assert rows["micro (dense)"].endswith("1.00x dense")
