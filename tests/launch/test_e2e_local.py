@@ -93,6 +93,13 @@ def test_two_agents_on_loopback_form_one_two_node_job(data_env, tmp_path: Path, 
     assert (run_dir / "launch_node0.log").exists() and (run_dir / "launch_node1.log").exists()
 
 
+def _sigint_as_a_terminal_has_it() -> None:
+    """A job a terminal starts gets SIGINT at its default; pytest's may not (a shell ignores SIGINT for its
+    background jobs, `cmd &`, and the ignored disposition is inherited through exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_stopping_the_launcher_stops_the_sweep(data_env, tmp_path: Path, tiny, how: str) -> None:
     """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM to the launcher alone: the running trial's
@@ -107,6 +114,7 @@ def test_stopping_the_launcher_stops_the_sweep(data_env, tmp_path: Path, tiny, h
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group, as a shell job has
+        preexec_fn=_sigint_as_a_terminal_has_it,
     )
     metrics = sweep_dir / "0-attention-baseline" / "metrics.jsonl"
     deadline = time.monotonic() + 120
