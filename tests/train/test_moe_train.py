@@ -18,6 +18,13 @@ pytestmark = pytest.mark.usefixtures("data_root")
 MOE = ["model=micro_moe", "attention=diff_v2", "trainer.eval_interval=0", "optim.lr=3e-3"]
 
 
+def assert_steps_match(rows: dict, single: dict, steps: range, **rel: float) -> None:
+    """Each named metric of `rows` equals one process's (`single`) at every step, within its tolerance."""
+    for step in steps:
+        for key, tolerance in rel.items():
+            assert rows[step][key] == pytest.approx(single[step][key], rel=tolerance), (key, step)
+
+
 def test_diff_v2_with_moe_trains_and_logs_router_metrics(tmp_path, jobs):
     run_dir = tmp_path / "moe"
     overrides = (
@@ -77,9 +84,8 @@ def test_expert_parallel_with_a_capacity_factor_matches_one_process(tmp_path, jo
     ]
     assert dropped[0] == dropped[1] and min(dropped[0]) >= 0.5
     single_rows, ep_rows = jobs.train_rows(tmp_path / "single"), jobs.train_rows(tmp_path / "ep")
-    for step in range(1, 5):  # fp32; as without a capacity (test_expert_parallel_on_two_ranks_...)
-        assert ep_rows[step]["loss"] == pytest.approx(single_rows[step]["loss"], rel=1e-5), step
-        assert ep_rows[step]["grad_norm"] == pytest.approx(single_rows[step]["grad_norm"], rel=3e-5), step
+    # fp32; as without a capacity (test_expert_parallel_on_two_ranks_...)
+    assert_steps_match(ep_rows, single_rows, range(1, 5), loss=1e-5, grad_norm=3e-5)
 
 
 def test_moe_run_stopped_and_resumed_is_bit_identical_to_a_straight_one(tmp_path, jobs):
@@ -107,10 +113,8 @@ def test_moe_on_two_ranks_matches_one_process_with_the_same_routing_biases(tmp_p
     jobs.train(tmp_path / "single", *common, "parallel=single")
     jobs.train(tmp_path / mode, *common, f"parallel={mode}", nproc=2)
     single, two = jobs.train_rows(tmp_path / "single"), jobs.train_rows(tmp_path / mode)
-    for step in range(1, 13):
-        assert two[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-4), step
-        # the z-loss, out of the model's forward on both ranks
-        assert two[step]["aux_loss"] == pytest.approx(single[step]["aux_loss"], rel=1e-4), step
+    # aux_loss: the z-loss, out of the model's forward on both ranks
+    assert_steps_match(two, single, range(1, 13), loss=1e-4, aux_loss=1e-4)
     biases = [
         {k: v for k, v in load_exported(tmp_path / run).state_dict().items() if k.endswith("expert_bias")}
         for run in ("single", mode)
@@ -143,11 +147,9 @@ def test_moe_auxiliary_losses_under_fsdp_give_one_process_gradients_with_and_wit
         jobs.train(run, *common, "parallel=fsdp", f"parallel.activation_checkpointing={ac}", nproc=2)
         fsdp = jobs.train_rows(run)
         assert sorted(fsdp) == [1, 2, 3, 4]
-        for step in range(1, 5):  # fp32; measured: equal losses, grad norms up to 9e-6 apart (so without
-            # the losses too); a loss FSDP does not see moves the grad norm by 1.5e-4 to 2e-3
-            assert fsdp[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-5), (ac, step)
-            assert fsdp[step]["aux_loss"] == pytest.approx(single[step]["aux_loss"], rel=1e-5), (ac, step)
-            assert fsdp[step]["grad_norm"] == pytest.approx(single[step]["grad_norm"], rel=3e-5), (ac, step)
+        # fp32; measured: equal losses, grad norms up to 9e-6 apart (so without the losses too); a loss FSDP
+        # does not see moves the grad norm by 1.5e-4 to 2e-3
+        assert_steps_match(fsdp, single, range(1, 5), loss=1e-5, aux_loss=1e-5, grad_norm=3e-5)
 
 
 @pytest.mark.slow
@@ -167,10 +169,9 @@ def test_expert_parallel_on_two_ranks_matches_one_process_and_resumes_on_one_ran
     jobs.train(ep_run, *common, "parallel=single", "checkpoint.resume=auto")
     single, ep = jobs.train_rows(tmp_path / "single"), jobs.train_rows(ep_run)
     assert sorted(ep) == list(range(1, 13))
-    for step in range(1, 13):  # fp32 on both sides; measured: equal, or 1 ulp apart (6e-8 relative)
-        assert ep[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-5), step
-        # AdamW hides a wrong gradient scale from the loss for a while; the norm shows it at once.
-        assert ep[step]["grad_norm"] == pytest.approx(single[step]["grad_norm"], rel=1e-5), step
+    # fp32 on both sides; measured: equal, or 1 ulp apart (6e-8 relative). AdamW hides a wrong gradient scale
+    # from the loss for a while; the norm shows it at once.
+    assert_steps_match(ep, single, range(1, 13), loss=1e-5, grad_norm=1e-5)
 
 
 @pytest.mark.slow
@@ -194,11 +195,9 @@ def test_expert_parallel_in_fsdp_and_hsdp_on_four_ranks_matches_one_process_over
     jobs.train(ep_run, *common, "parallel=single", "checkpoint.resume=auto")
     single, ep = jobs.train_rows(tmp_path / "single"), jobs.train_rows(ep_run)
     assert sorted(ep) == list(range(1, 7))
-    for step in range(1, 7):
-        assert ep[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-5), step
-        # Measured: up to 1.0e-5 apart, as fsdp 4 and hsdp 2 x 2 without EP are (fp32 reduction order); a
-        # gradient averaged over the wrong ranks is off by a factor of 2 or more in the expert part.
-        assert ep[step]["grad_norm"] == pytest.approx(single[step]["grad_norm"], rel=3e-5), step
+    # Grad norm measured up to 1.0e-5 apart, as fsdp 4 and hsdp 2 x 2 without EP are (fp32 reduction order);
+    # a gradient averaged over the wrong ranks is off by a factor of 2 or more in the expert part.
+    assert_steps_match(ep, single, range(1, 7), loss=1e-5, grad_norm=3e-5)
 
 
 @pytest.mark.slow
@@ -219,9 +218,8 @@ def test_moe_under_tensor_parallel_with_and_without_experts_split_matches_one_pr
     jobs.train(run, *common, "parallel.tp=2", "checkpoint.resume=auto", nproc=2)
     single, tp = jobs.train_rows(tmp_path / "single"), jobs.train_rows(run)
     assert sorted(tp) == list(range(1, 5))
-    for step in range(1, 5):  # measured: loss equal or 1 ulp apart, grad norm up to 8e-6 (as fsdp 4's)
-        assert tp[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-5), step
-        assert tp[step]["grad_norm"] == pytest.approx(single[step]["grad_norm"], rel=3e-5), step
+    # measured: loss equal or 1 ulp apart, grad norm up to 8e-6 (as fsdp 4's)
+    assert_steps_match(tp, single, range(1, 5), loss=1e-5, grad_norm=3e-5)
 
 
 def test_expert_parallel_refuses_layouts_it_cannot_run_naming_the_fields():
