@@ -10,7 +10,7 @@ heads and layers, and the smallest head) and the attention-sink mass (mean and m
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from analysis.study import DOWNSTREAM_PREFIX, Difference, TrialResult, VariantResult, difference
 
@@ -80,11 +80,7 @@ def variant_rows(variants: Sequence[VariantResult], reference: VariantResult) ->
                 _si(v.mean("active_params")),
                 _si(v.mean("flops_per_token")),
                 _si(v.mean("tokens")),
-                f"{_num(v.mean('loss_spikes'), '.1f')}/{_num(v.mean('grad_spikes'), '.1f')}",
-                _num(v.mean("act_ratio"), ".1f"),
-                _num(v.mean("qk_logit_max"), ".1f"),
-                f"{_num(v.mean('context_rms'), '.3f')}/{_num(v.mean('context_rms_min'), '.3f')}",
-                f"{_num(v.mean('sink_mass'), '.3f')}/{_num(v.mean('sink_mass_max'), '.3f')}",
+                *_diagnostic_cells(v.mean, spikes_format=".1f"),
             ]
         )
     return rows
@@ -121,14 +117,22 @@ def trial_rows(variants: Sequence[VariantResult], reference: VariantResult) -> l
                     _num(m.get("steps"), ".0f"),
                     _num(loss, ".4f"),
                     _num(delta, "+.4f"),
-                    f"{_num(m.get('loss_spikes'), '.0f')}/{_num(m.get('grad_spikes'), '.0f')}",
-                    _num(m.get("act_ratio"), ".1f"),
-                    _num(m.get("qk_logit_max"), ".1f"),
-                    f"{_num(m.get('context_rms'), '.3f')}/{_num(m.get('context_rms_min'), '.3f')}",
-                    f"{_num(m.get('sink_mass'), '.3f')}/{_num(m.get('sink_mass_max'), '.3f')}",
+                    *_diagnostic_cells(m.get, spikes_format=".0f"),
                 ]
             )
     return rows
+
+
+def _diagnostic_cells(value: Callable[[str], float | None], spikes_format: str) -> list[str]:
+    """The spikes, activation, logit, context and sink columns, from a metric's value (a trial's, or a
+    variant's mean over seeds)."""
+    return [
+        f"{_num(value('loss_spikes'), spikes_format)}/{_num(value('grad_spikes'), spikes_format)}",
+        _num(value("act_ratio"), ".1f"),
+        _num(value("qk_logit_max"), ".1f"),
+        f"{_num(value('context_rms'), '.3f')}/{_num(value('context_rms_min'), '.3f')}",
+        f"{_num(value('sink_mass'), '.3f')}/{_num(value('sink_mass_max'), '.3f')}",
+    ]
 
 
 def render_text(header: Row, rows: Sequence[Row]) -> str:
