@@ -4,9 +4,10 @@ and selective checkpointing save and cost, all measured in the same run.
     python -m bench.plan [--cases NAME ...] [--steps 6] [--json PATH]
 
 Measured: every case is a real `python -m train` job (torchrun for 2 ranks) of --steps steps, whose metrics
-report rank 0's peak resident set (ru_maxrss). That includes what any process of the job holds without
-training (Python, torch, the data loader), so a floor job of the same ranks and loader with a 1-layer,
-16-wide model and one sequence per micro-batch is measured too, and subtracted:
+report rank 0's peak resident set less its file-backed pages (train/throughput.py's peak_memory_gb). That
+includes what any process of the job holds without training (Python, torch, the data loader), so a floor job
+of the same ranks and loader with a 1-layer, 16-wide model and one sequence per micro-batch is measured too,
+and subtracted:
     measured = peak RSS(case) - peak RSS(floor),  planned = plan(case).peak - plan(floor).peak
 with `python -m train.plan <the case's overrides> --world-size N --device cpu --json`. CPU runs fp32.
 

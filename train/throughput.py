@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from pathlib import Path
 
 import torch
 
@@ -37,9 +38,26 @@ def mfu(flops_per_token: float, tokens_per_s_per_device: float, peak: float | No
 
 
 def peak_memory_gb(device: torch.device) -> float:
-    """Peak allocated device memory (CUDA) or the process's peak resident set (CPU), in GiB."""
+    """Peak allocated device memory (CUDA), or on CPU the process's peak resident set, in GiB.
+
+    On Linux the file-backed pages resident now are taken off the peak: they are the mapped libraries' code,
+    shared through the page cache, not memory the step allocated, and how many of them a process has mapped
+    varies between identical jobs with what the page cache held before (a few MiB up to tens of MiB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
+    status = _proc_status_kib()
+    if "VmHWM" in status and "RssFile" in status:
+        return (status["VmHWM"] - status["RssFile"]) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is KiB on Linux, bytes on macOS.
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def _proc_status_kib() -> dict[str, int]:
+    """The kB fields of /proc/self/status (empty where there is no /proc)."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = (line.split(":", 1) for line in lines if line.endswith(" kB"))
+    return {name: int(value.split()[0]) for name, value in fields}
