@@ -40,9 +40,11 @@ def mfu(flops_per_token: float, tokens_per_s_per_device: float, peak: float | No
 def peak_memory_gb(device: torch.device) -> float:
     """Peak allocated device memory (CUDA), or on CPU the process's peak resident set, in GiB.
 
-    On Linux the file-backed pages resident now are taken off the peak: they are the mapped libraries' code,
-    shared through the page cache, not memory the step allocated, and how many of them a process has mapped
-    varies between identical jobs with what the page cache held before (a few MiB up to tens of MiB)."""
+    On Linux the file-backed pages resident now are taken off the peak (VmHWM): they are mapped files (the
+    libraries' code, memory-mapped token shards), shared through the page cache, not memory the step
+    allocated, and their count grows with the code paths a job runs and the shards it has read (full
+    checkpointing maps ~4 MiB more code than none). The step's allocations peak every step, so the file pages
+    resident at the end were resident at a peak too."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     status = _proc_status_kib()
